@@ -1,0 +1,31 @@
+"""Model builders: the MLP of the thesis (and later the text transformer, the regressor)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from torch import nn
+
+from .errors import ConfigError
+
+__all__ = ["mlp", "ACTIVATIONS"]
+
+ACTIVATIONS = {"relu": nn.ReLU, "tanh": nn.Tanh, "gelu": nn.GELU, "sigmoid": nn.Sigmoid}
+
+
+def mlp(sizes: Sequence[int], activation: str = "relu") -> nn.Sequential:
+    """``Linear(sizes[0], sizes[1]) -> act -> ... -> Linear(sizes[-2], sizes[-1])``.
+
+    Layers are named ``fc0, act0, fc1, ...`` so conversion patterns read well
+    (``fc0``, ``fc1`` are hidden; the last ``fc`` is the output layer).
+    """
+    if activation not in ACTIVATIONS:
+        raise ConfigError(f"activation {activation!r} is not one of {', '.join(ACTIVATIONS)}")
+    if len(sizes) < 2:
+        raise ConfigError(f"an MLP needs at least input and output sizes, got {list(sizes)}")
+    mods: list[tuple[str, nn.Module]] = []
+    for i, (m, n) in enumerate(zip(sizes[:-1], sizes[1:])):
+        mods.append((f"fc{i}", nn.Linear(m, n)))
+        if i < len(sizes) - 2:
+            mods.append((f"act{i}", ACTIVATIONS[activation]()))
+    return nn.Sequential(dict(mods))
