@@ -1,0 +1,91 @@
+"""Pure linear-algebra helpers shared by the layers and the integrators.
+
+No modules, no state: tensors in, tensors out. Shapes follow the design notes:
+``W`` is ``(n, m)``, ``U`` is ``(n, r)``, ``S`` is ``(r, r)``, ``V`` is ``(m, r)``.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from .errors import RankError
+
+__all__ = [
+    "orthonormal",
+    "orthonormalize",
+    "truncated_svd",
+    "rank_for_energy",
+    "rank_for_param_ratio",
+    "rank_for_tolerance",
+    "break_even_rank",
+    "check_rank",
+    "orthonormality_error",
+]
+
+
+def orthonormal(rows: int, cols: int, *, generator: torch.Generator | None = None,
+                dtype: torch.dtype = torch.float32, device: torch.device | str | None = None) -> torch.Tensor:
+    """A ``(rows, cols)`` matrix with orthonormal columns: Q of the QR of a Gaussian matrix."""
+    g = torch.randn(rows, cols, generator=generator, dtype=dtype, device=device)
+    return orthonormalize(g)
+
+
+def orthonormalize(a: torch.Tensor) -> torch.Tensor:
+    """Orthonormal basis of ``a``'s column space (reduced QR, signs fixed so diag(R) >= 0)."""
+    q, r = torch.linalg.qr(a, mode="reduced")
+    # Fix the sign ambiguity so the result is a deterministic function of ``a``.
+    sign = torch.sign(torch.diagonal(r))
+    sign = torch.where(sign == 0, torch.ones_like(sign), sign)
+    return q * sign
+
+
+def truncated_svd(w: torch.Tensor, rank: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Best rank-``rank`` approximation of ``w`` (n, m): ``U (n, r)``, ``s (r,)``, ``V (m, r)``."""
+    u, s, vh = torch.linalg.svd(w, full_matrices=False)
+    return u[:, :rank], s[:rank], vh[:rank].T
+
+
+def rank_for_energy(s: torch.Tensor, energy: float) -> int:
+    """Fewest leading singular values whose squares hold at least ``energy`` of ``sum s^2``."""
+    e = s.double().pow(2)
+    total = e.sum()
+    if total == 0:
+        return 1
+    cum = torch.cumsum(e, 0) / total
+    # Small slack so energy=1.0 is reachable despite rounding.
+    return int(torch.searchsorted(cum, torch.tensor(energy, dtype=cum.dtype) - 1e-12).item()) + 1
+
+
+def rank_for_param_ratio(n: int, m: int, ratio: float) -> int:
+    """Largest rank whose two factors ``r (m + n)`` hold at most ``ratio`` of the ``m n`` weights (>= 1)."""
+    return max(1, min(min(n, m), int(ratio * n * m / (n + m))))
+
+
+def rank_for_tolerance(sigma: torch.Tensor, theta: float) -> int:
+    """Smallest ``r1`` with ``||sigma[r1:]||_2 <= theta`` (sigma sorted descending); at least 1."""
+    tail = torch.sqrt(torch.flip(torch.cumsum(torch.flip(sigma.double().pow(2), [0]), 0), [0]))
+    # tail[i] = ||sigma[i:]||; want the first i with tail[i] <= theta (tail[len] = 0).
+    below = (tail <= theta).nonzero()
+    r1 = int(below[0].item()) if below.numel() else sigma.numel()
+    return max(1, r1)
+
+
+def break_even_rank(n: int, m: int) -> float:
+    """Rank ``m n / (m + n)`` above which two factors hold more weights than ``W``."""
+    return n * m / (n + m)
+
+
+def check_rank(rank: int, n: int, m: int, layer: str = "layer") -> int:
+    """``rank`` if ``1 <= rank <= min(n, m)``, else a :class:`RankError` naming the layer and shape."""
+    if not isinstance(rank, int) or isinstance(rank, bool):
+        raise RankError(f"{layer}: rank must be an integer, got {rank!r}")
+    if rank <= 0 or rank > min(n, m):
+        raise RankError(f"{layer}: rank {rank} is impossible for a {n}x{m} weight "
+                        f"(out_features={n}, in_features={m}); choose 1..{min(n, m)}")
+    return rank
+
+
+def orthonormality_error(q: torch.Tensor) -> float:
+    """``||Q^T Q - I||_F`` (0 for orthonormal columns)."""
+    eye = torch.eye(q.shape[1], dtype=q.dtype, device=q.device)
+    return float(torch.linalg.matrix_norm(q.T @ q - eye))
