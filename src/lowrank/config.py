@@ -94,7 +94,7 @@ class MethodConfig:
     max_rank: int | None = None
     """dlrt: upper cap on adaptive ranks (default: min(m, n) // 2)."""
     then_fixed: int = 0
-    """dlrt: after adaptive training, this many more epochs at the found ranks."""
+    """dlrt: the last N of the epochs run at the ranks the adaptive phase found (adaptive then fixed)."""
     init_decay: float = 1.0
     """Initial singular values scaled by 1/init_decay^i (ill-conditioning experiment)."""
 

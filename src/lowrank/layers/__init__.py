@@ -17,3 +17,13 @@ def register_layer(cls: type[LowRankLayer]) -> type[LowRankLayer]:
     """Class decorator: make ``cls`` rebuildable from a checkpoint's structure record."""
     LAYER_CLASSES[cls.__name__] = cls
     return cls
+
+
+# Import the concrete layers last (they use ``register_layer`` above) so that
+# ``LAYER_CLASSES`` knows them as soon as ``lowrank.layers`` is imported.
+from .lora import LoRALinear  # noqa: E402
+from .lowrank_linear import LowRankLinear  # noqa: E402
+from .svd_linear import SVDLinear  # noqa: E402
+from .two_factor import TwoFactorLinear  # noqa: E402
+
+__all__ += ["LowRankLinear", "TwoFactorLinear", "SVDLinear", "LoRALinear"]

@@ -65,6 +65,14 @@ class LowRankLayer(nn.Module):
         r = self.rank
         return r * (self.in_features + self.out_features) + (self.out_features if self.bias_tensor is not None else 0)
 
+    def training_params(self) -> int:
+        """Elements trained per step: the parameters that require grad by default.
+
+        Layers whose training touches more than their stored parameters (DLRT's ``K``,
+        ``L`` and augmented ``2r`` bases) override this; accounting uses it.
+        """
+        return sum(p.numel() for p in self.parameters() if p.requires_grad)
+
     def regularization(self) -> torch.Tensor | float:
         """Extra loss term this layer asks the trainer to add (0 by default)."""
         return 0.0

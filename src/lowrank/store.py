@@ -1,0 +1,181 @@
+"""Results in SQLite: one row per run, one per epoch, one per layer rank per epoch.
+
+Every write is a transaction (``with self.conn``), every query parameterised.
+WAL mode and a busy timeout let parallel sweep processes share one database.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+import time
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+__all__ = ["Store", "default_db_path", "EPOCH_COLUMNS"]
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS runs (
+    id          INTEGER PRIMARY KEY AUTOINCREMENT,
+    name        TEXT,
+    created     REAL NOT NULL,
+    finished    REAL,
+    status      TEXT NOT NULL,
+    method      TEXT NOT NULL,
+    dataset     TEXT NOT NULL,
+    run_dir     TEXT NOT NULL,
+    config      TEXT NOT NULL,
+    sweep       TEXT,
+    sweep_key   TEXT,
+    summary     TEXT
+);
+CREATE TABLE IF NOT EXISTS epochs (
+    run_id        INTEGER NOT NULL REFERENCES runs(id) ON DELETE CASCADE,
+    epoch         INTEGER NOT NULL,
+    train_loss    REAL,
+    train_acc     REAL,
+    val_loss      REAL,
+    val_acc       REAL,
+    test_loss     REAL,
+    test_acc      REAL,
+    epoch_time    REAL,
+    samples_per_s REAL,
+    peak_mem      REAL,
+    extra         TEXT,
+    PRIMARY KEY (run_id, epoch)
+);
+CREATE TABLE IF NOT EXISTS ranks (
+    run_id   INTEGER NOT NULL REFERENCES runs(id) ON DELETE CASCADE,
+    epoch    INTEGER NOT NULL,
+    layer    TEXT NOT NULL,
+    rank     INTEGER NOT NULL,
+    min_rank INTEGER,
+    max_rank INTEGER,
+    PRIMARY KEY (run_id, epoch, layer)
+);
+CREATE INDEX IF NOT EXISTS runs_sweep ON runs(sweep, sweep_key);
+"""
+
+EPOCH_COLUMNS = ("train_loss", "train_acc", "val_loss", "val_acc", "test_loss", "test_acc",
+                 "epoch_time", "samples_per_s", "peak_mem")
+
+
+def default_db_path() -> Path:
+    """``$LOWRANK_DB`` or ``runs/lowrank.db`` under the current directory."""
+    return Path(os.environ.get("LOWRANK_DB", "runs/lowrank.db"))
+
+
+class Store:
+    """A results database. Open it once per process; it is cheap."""
+
+    def __init__(self, path: str | os.PathLike | None = None):
+        self.path = Path(path) if path is not None else default_db_path()
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.conn = sqlite3.connect(self.path, timeout=60, isolation_level=None)
+        self.conn.row_factory = sqlite3.Row
+        self.conn.execute("PRAGMA journal_mode=WAL")
+        self.conn.execute("PRAGMA foreign_keys=ON")
+        self.conn.execute("PRAGMA busy_timeout=60000")
+        with self.transaction():
+            for statement in SCHEMA.split(";"):
+                if statement.strip():
+                    self.conn.execute(statement)
+
+    @contextmanager
+    def transaction(self) -> Iterator[sqlite3.Connection]:
+        """``BEGIN IMMEDIATE`` ... ``COMMIT`` (rolled back on any exception)."""
+        self.conn.execute("BEGIN IMMEDIATE")
+        try:
+            yield self.conn
+        except BaseException:
+            self.conn.execute("ROLLBACK")
+            raise
+        self.conn.execute("COMMIT")
+
+    def close(self) -> None:
+        self.conn.close()
+
+    # -- writing ---------------------------------------------------------------------------
+
+    def create_run(self, config: dict[str, Any], run_dir: str, *, name: str | None = None,
+                   sweep: str | None = None, sweep_key: str | None = None) -> int:
+        with self.transaction() as c:
+            cur = c.execute(
+                "INSERT INTO runs (name, created, status, method, dataset, run_dir, config, sweep, sweep_key)"
+                " VALUES (?, ?, 'running', ?, ?, ?, ?, ?, ?)",
+                (name, time.time(), config["method"]["method"], config["data"]["dataset"], run_dir,
+                 json.dumps(config), sweep, sweep_key))
+            return int(cur.lastrowid)
+
+    def set_run_dir(self, run_id: int, run_dir: str) -> None:
+        with self.transaction() as c:
+            c.execute("UPDATE runs SET run_dir = ? WHERE id = ?", (run_dir, run_id))
+
+    def log_epoch(self, run_id: int, epoch: int, metrics: dict[str, Any], extra: dict[str, Any],
+                  ranks: dict[str, dict[str, int]] | None = None) -> None:
+        """Store one epoch (replacing a row of the same epoch left by an interrupted attempt)."""
+        cols = [metrics.get(k) for k in EPOCH_COLUMNS]
+        with self.transaction() as c:
+            c.execute(f"INSERT OR REPLACE INTO epochs (run_id, epoch, {', '.join(EPOCH_COLUMNS)}, extra)"
+                      f" VALUES (?, ?, {', '.join('?' * len(EPOCH_COLUMNS))}, ?)",
+                      (run_id, epoch, *cols, json.dumps(extra, default=float)))
+            for layer, r in (ranks or {}).items():
+                c.execute("INSERT OR REPLACE INTO ranks (run_id, epoch, layer, rank, min_rank, max_rank)"
+                          " VALUES (?, ?, ?, ?, ?, ?)",
+                          (run_id, epoch, layer, int(r["rank"]), r.get("min"), r.get("max")))
+
+    def set_status(self, run_id: int, status: str, summary: dict[str, Any] | None = None) -> None:
+        with self.transaction() as c:
+            if summary is None:
+                c.execute("UPDATE runs SET status = ? WHERE id = ?", (status, run_id))
+            else:
+                c.execute("UPDATE runs SET status = ?, summary = ?, finished = ? WHERE id = ?",
+                          (status, json.dumps(summary, default=float), time.time(), run_id))
+
+    def delete_epochs_from(self, run_id: int, epoch: int) -> None:
+        """Drop epochs >= ``epoch`` (a resumed run rewrites them)."""
+        with self.transaction() as c:
+            c.execute("DELETE FROM epochs WHERE run_id = ? AND epoch >= ?", (run_id, epoch))
+            c.execute("DELETE FROM ranks WHERE run_id = ? AND epoch >= ?", (run_id, epoch))
+
+    # -- reading ---------------------------------------------------------------------------
+
+    def run(self, run_id: int) -> dict[str, Any] | None:
+        row = self.conn.execute("SELECT * FROM runs WHERE id = ?", (run_id,)).fetchone()
+        return _run_dict(row) if row else None
+
+    def runs(self, *, status: str | None = None, method: str | None = None, dataset: str | None = None,
+             sweep: str | None = None, ids: Sequence[int] | None = None) -> list[dict[str, Any]]:
+        where, args = [], []
+        for col, val in (("status", status), ("method", method), ("dataset", dataset), ("sweep", sweep)):
+            if val is not None:
+                where.append(f"{col} = ?")
+                args.append(val)
+        if ids:
+            where.append(f"id IN ({', '.join('?' * len(ids))})")
+            args.extend(int(i) for i in ids)
+        sql = "SELECT * FROM runs" + (" WHERE " + " AND ".join(where) if where else "") + " ORDER BY id"
+        return [_run_dict(r) for r in self.conn.execute(sql, args)]
+
+    def epochs(self, run_id: int) -> list[dict[str, Any]]:
+        rows = self.conn.execute("SELECT * FROM epochs WHERE run_id = ? ORDER BY epoch", (run_id,))
+        out = []
+        for r in rows:
+            d = dict(r)
+            d["extra"] = json.loads(d["extra"]) if d["extra"] else {}
+            out.append(d)
+        return out
+
+    def ranks(self, run_id: int) -> list[dict[str, Any]]:
+        rows = self.conn.execute("SELECT * FROM ranks WHERE run_id = ? ORDER BY epoch, layer", (run_id,))
+        return [dict(r) for r in rows]
+
+
+def _run_dict(row: sqlite3.Row) -> dict[str, Any]:
+    d = dict(row)
+    d["config"] = json.loads(d["config"])
+    d["summary"] = json.loads(d["summary"]) if d["summary"] else None
+    return d
