@@ -5,9 +5,9 @@ Plain and method-agnostic: a method contributes ``prepare`` and a
 slices preloaded tensors into batches, calls ``stepper.step`` and records.
 
 Resumability: the checkpoint written after every epoch (and on Ctrl-C, mid-epoch)
-holds the model, its low-rank structure, the stepper's state, the data-order
-generator, torch's global RNG state, the position in the epoch and the history,
-so a resumed run ends with the same weights as an uninterrupted one.
+holds the model, its low-rank structure, the stepper's (optimizer or integrator)
+state, torch's global RNG state, the position in the epoch and the history; data
+order and input noise are re-seeded from (seed, epoch, batch). So a resumed run ends with the same weights as an uninterrupted one.
 """
 
 from __future__ import annotations
@@ -138,7 +138,9 @@ def _run(cfg: TrainConfig, run_id: int, run_dir: Path, store: Store, data: Split
     model = build_model(cfg, data)
     n_train = len(data.train)
     steps_per_epoch = math.ceil(n_train / cfg.batch_size)
-    gen = torch.Generator().manual_seed(cfg.seed)  # data order and input noise
+    # Data order and input noise come from generators re-seeded from (seed, epoch, batch),
+    # so any point of the run can be replayed without saving generator state.
+    gen = torch.Generator()
     epoch, batch, history = 0, 0, []
     perm: torch.Tensor | None = None
     partial = {"loss_sum": 0.0, "time": 0.0}
@@ -148,7 +150,6 @@ def _run(cfg: TrainConfig, run_id: int, run_dir: Path, store: Store, data: Split
     stepper = methods.make_stepper(model, cfg, steps_per_epoch * cfg.epochs)
     if ckpt is not None:
         stepper.load_state_dict(ckpt["stepper"])
-        gen.set_state(ckpt["generator"])
         torch.set_rng_state(ckpt["torch_rng"])
         epoch, batch, history = int(ckpt["epoch"]), int(ckpt["batch"]), list(ckpt["history"])
         perm = ckpt.get("perm")
@@ -159,7 +160,7 @@ def _run(cfg: TrainConfig, run_id: int, run_dir: Path, store: Store, data: Split
 
     def save(status_epoch: int, status_batch: int, cur_perm: torch.Tensor | None) -> None:
         payload = {"config": cfg.to_dict(), **model_payload(model), "stepper": stepper.state_dict(),
-                   "generator": gen.get_state(), "torch_rng": torch.get_rng_state(),
+                   "torch_rng": torch.get_rng_state(),
                    "epoch": status_epoch, "batch": status_batch, "history": history, "partial": partial}
         if cur_perm is not None:
             payload["perm"] = cur_perm
@@ -172,8 +173,8 @@ def _run(cfg: TrainConfig, run_id: int, run_dir: Path, store: Store, data: Split
                    unit="step", leave=False, dynamic_ncols=True)
     try:
         while epoch < cfg.epochs:
-            if batch == 0 or perm is None:
-                perm = torch.randperm(n_train, generator=gen).to(device)
+            if perm is None:  # a checkpoint taken mid-epoch carries the epoch's order
+                perm = torch.randperm(n_train, generator=gen.manual_seed(_seed(cfg.seed, epoch))).to(device)
                 partial = {"loss_sum": 0.0, "time": 0.0}
             loss_sum = torch.zeros((), device=device, dtype=torch.float64)
             with PeakMemory(device) as mem:
@@ -183,7 +184,8 @@ def _run(cfg: TrainConfig, run_id: int, run_dir: Path, store: Store, data: Split
                         idx = perm[b * cfg.batch_size:(b + 1) * cfg.batch_size]
                         xb, yb = x_train[idx], y_train[idx]
                         if cfg.data.noise:
-                            noise = torch.randn(xb.shape, generator=gen).to(device)
+                            noise = torch.randn(xb.shape, generator=gen.manual_seed(_seed(cfg.seed, epoch, b + 1)))
+                            noise = noise.to(device)
                             xb = xb + cfg.data.noise * noise
                         loss = stepper.step(xb, yb, loss_fn)
                         loss_sum += loss * len(idx)
@@ -234,6 +236,14 @@ def _run(cfg: TrainConfig, run_id: int, run_dir: Path, store: Store, data: Split
     (run_dir / "summary.json").write_text(json.dumps(summary, indent=2, default=float))
     store.set_status(run_id, "finished", summary)
     return RunResult(run_id, run_dir, cfg, history, summary, model)
+
+
+def _seed(*parts: int) -> int:
+    """A 63-bit seed from small integers (distinct tuples give distinct streams)."""
+    h = 1469598103934665603
+    for p in parts:
+        h = ((h ^ (p + 0x9E3779B9)) * 1099511628211) % (1 << 63)
+    return h
 
 
 def _epoch_metrics(model: nn.Module, data: Splits, cfg: TrainConfig, train_loss: float,

@@ -1,0 +1,42 @@
+"""Shared test setup.
+
+Real data files live in ``$LOWRANK_DATA``, by default the ``shared/datasets``
+folder beside the repository (CI clones the repo with ``shared/`` next to it).
+The variable is set for the whole session so the library finds the data the
+same way a user's run would. The decoded-array cache is pointed at a
+temporary folder so no test ever writes to ``~/.cache``.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+# One math thread per test process (subprocesses inherit it): the models are tiny, and
+# two OpenMP threads on a loaded 2-core machine spin against each other (measured 25x
+# slower steps here). Speed figures live in benchmarks/, not in tests.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+
+import pytest
+
+DATASETS_DIR = Path(os.environ.get("LOWRANK_DATA")
+                    or Path(__file__).resolve().parents[2] / "shared" / "datasets")
+os.environ.setdefault("LOWRANK_DATA", str(DATASETS_DIR))
+
+
+@pytest.fixture(scope="session")
+def datasets_dir() -> Path:
+    """Folder of the real datasets (``mnist/``, ``hoda/``, ``imdb/``)."""
+    return DATASETS_DIR
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _session_array_cache(tmp_path_factory: pytest.TempPathFactory):
+    """Point ``LOWRANK_CACHE`` at a session temporary folder (never ``~/.cache``)."""
+    old = os.environ.get("LOWRANK_CACHE")
+    os.environ["LOWRANK_CACHE"] = str(tmp_path_factory.mktemp("lowrank-cache"))
+    yield
+    if old is None:
+        os.environ.pop("LOWRANK_CACHE", None)
+    else:
+        os.environ["LOWRANK_CACHE"] = old
