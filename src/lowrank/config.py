@@ -53,6 +53,8 @@ class OptimConfig:
     """Weight of the L2 penalty sum w^2 over all trainable weights, added to the loss."""
     clip: float | None = None
     """Clip the global gradient norm to this value (the thesis uses 4)."""
+    schedule: str = "constant"
+    """Learning-rate schedule over the run: constant, or cosine (decays to 0 at the last step)."""
 
 
 @dataclass
@@ -161,6 +163,8 @@ class TrainConfig:
             raise ConfigError(f"layers must be at least two positive sizes, got {self.layers}")
         if self.batch_size <= 0 or self.epochs <= 0:
             raise ConfigError(f"batch_size and epochs must be positive, got {self.batch_size}, {self.epochs}")
+        if self.optim.schedule not in ("constant", "cosine"):
+            raise ConfigError(f"schedule {self.optim.schedule!r} is not one of constant, cosine")
         if self.optim.lr <= 0:
             raise ConfigError(f"lr must be positive, got {self.optim.lr}")
         if self.loss not in ("cross_entropy", "mse", "mae"):

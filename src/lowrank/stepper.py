@@ -8,6 +8,7 @@ the two-factor warm-up switch) subclass :class:`Stepper`.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Iterable
 from typing import Any
 
@@ -18,7 +19,7 @@ from .config import OptimConfig
 from .errors import ConfigError
 from .layers.base import is_lowrank
 
-__all__ = ["Stepper", "make_optimizer", "penalty", "LossFn"]
+__all__ = ["Stepper", "make_optimizer", "penalty", "lr_scale", "LossFn"]
 
 LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
@@ -33,6 +34,13 @@ def make_optimizer(params: Iterable[torch.Tensor] | Iterable[dict], cfg: OptimCo
     if cfg.optimizer == "adamw":
         return torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     raise ConfigError(f"optimizer {cfg.optimizer!r} is not one of sgd, adam, adamw")
+
+
+def lr_scale(schedule: str, progress: float) -> float:
+    """Factor on the base learning rate at ``progress`` = steps done / total steps, in [0, 1]."""
+    if schedule == "cosine":
+        return 0.5 * (1.0 + math.cos(math.pi * min(max(progress, 0.0), 1.0)))
+    return 1.0
 
 
 def penalty(model: nn.Module, cfg: OptimConfig) -> torch.Tensor | float:
@@ -79,6 +87,11 @@ class Stepper:
         self.optimizer.step()
         self.steps += 1
         return loss.detach()
+
+    def set_lr_scale(self, factor: float) -> None:
+        """Set every parameter group's learning rate to ``factor`` times the configured one."""
+        for group in self.optimizer.param_groups:
+            group["lr"] = self.cfg.lr * factor
 
     def end_epoch(self, epoch: int) -> dict[str, Any]:
         """Called after each epoch; returns extra per-epoch metrics to record (e.g. ranks)."""

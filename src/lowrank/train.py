@@ -31,6 +31,7 @@ from .data import ArrayDataset, Splits, load_dataset
 from .errors import CheckpointError, ConfigError, TrainingDivergedError
 from .memory import PeakMemory
 from .models import mlp
+from .stepper import lr_scale
 from .store import Store
 
 __all__ = ["fit", "resume", "evaluate", "loss_function", "build_model", "RunResult"]
@@ -147,7 +148,8 @@ def _run(cfg: TrainConfig, run_id: int, run_dir: Path, store: Store, data: Split
     if ckpt is not None:
         load_model(model, ckpt)
     model.to(device)
-    stepper = methods.make_stepper(model, cfg, steps_per_epoch * cfg.epochs)
+    total_steps = steps_per_epoch * cfg.epochs
+    stepper = methods.make_stepper(model, cfg, total_steps)
     if ckpt is not None:
         stepper.load_state_dict(ckpt["stepper"])
         torch.set_rng_state(ckpt["torch_rng"])
@@ -187,6 +189,9 @@ def _run(cfg: TrainConfig, run_id: int, run_dir: Path, store: Store, data: Split
                             noise = torch.randn(xb.shape, generator=gen.manual_seed(_seed(cfg.seed, epoch, b + 1)))
                             noise = noise.to(device)
                             xb = xb + cfg.data.noise * noise
+                        if cfg.optim.schedule != "constant":
+                            stepper.set_lr_scale(lr_scale(cfg.optim.schedule,
+                                                          (epoch * steps_per_epoch + b) / total_steps))
                         loss = stepper.step(xb, yb, loss_fn)
                         loss_sum += loss * len(idx)
                         if not torch.isfinite(loss):

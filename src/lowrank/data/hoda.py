@@ -9,8 +9,11 @@ File layout (little-endian), 1024-byte header::
     522  u8 image type                (0 = binary, run-length coded)
     523  256-byte comment (NUL padded), then 245 reserved bytes
 
-Each record: ``0xFF``, u8 label, u8 width, u8 height (only when the header size
-is 0), u16 byte count, then ``byte count`` bytes of pixel data. Binary images
+Each record: ``0xFF``, u8 label, u8 width, u8 height, u16 byte count, then
+``byte count`` bytes of pixel data. (When the header gives a fixed size the
+per-record width and height bytes are absent, as in the widely used reference
+reader; no such file was at hand to verify that layout. Grey-level files,
+image type 1, are rejected.) Binary images
 are run-length coded row by row: each row is a sequence of u8 run lengths that
 alternate white (background), black (ink), white, ..., always starting with a
 white run (which may be 0 long); the row ends as soon as the runs add up to the

@@ -38,7 +38,7 @@ def parse_idx(data: bytes, path: str | os.PathLike[str] = "<bytes>",
 
     ``ndim``, when given, is the number of dimensions the caller expects
     (3 for images, 1 for labels); ``path`` only names the source in errors.
-    The result is a read-only view into ``data`` (copy it to write to it).
+    The result is a read-only view into ``data``; :func:`read_idx` returns a copy.
     """
     if len(data) < 4:
         raise CorruptFileError(
@@ -74,14 +74,14 @@ def parse_idx(data: bytes, path: str | os.PathLike[str] = "<bytes>",
 
 
 def read_idx(path: str | os.PathLike[str], ndim: int | None = None) -> np.ndarray:
-    """Read an unsigned-byte IDX file (gzip detected by magic bytes) into a ``uint8`` array.
+    """Read an unsigned-byte IDX file (gzip detected by magic bytes) into a writable ``uint8`` array.
 
     Raises :class:`~lowrank.errors.CorruptFileError` naming the file, the byte
     offset and what was expected for a wrong magic number, a truncated header,
     too few or too many data bytes, or a corrupt gzip stream.
     """
     p = Path(path)
-    return parse_idx(read_bytes(p), p, ndim)
+    return parse_idx(read_bytes(p), p, ndim).copy()
 
 
 def read_idx_images(path: str | os.PathLike[str]) -> np.ndarray:

@@ -9,7 +9,9 @@ has none. Errors name the file and the 1-based line number.
 from __future__ import annotations
 
 import os
+import warnings
 from pathlib import Path
+from typing import NoReturn
 
 import numpy as np
 
@@ -48,48 +50,60 @@ def parse_mnist_csv(data: bytes, path: str | os.PathLike[str] = "<bytes>") -> tu
         raise CorruptFileError(f"{path}: line {first + 1}: expected rows of {_FIELDS} integers, the file has none")
     for lineno, ln in numbers:
         if ln.count(b",") != _FIELDS - 1 or not _ALLOWED.issuperset(ln):
-            _raise_line_error(path, lineno, ln)
-    try:
-        table = np.array(b",".join(ln for _, ln in numbers).split(b","), dtype=np.bytes_).astype(np.int64)
-    except (ValueError, OverflowError):
-        table = None
+            _raise_first_problem(path, [(lineno, ln)])
+    joined = b",".join(ln for _, ln in numbers)
+    table = _parse_ints(joined, len(numbers) * _FIELDS)
     if table is None:
-        for lineno, ln in numbers:
-            _check_line(path, lineno, ln)
-        raise CorruptFileError(f"{path}: could not parse the integers")  # not reached
+        _raise_first_problem(path, numbers)
     table = table.reshape(len(numbers), _FIELDS)
     pixels, labels = table[:, :MNIST_PIXELS], table[:, MNIST_PIXELS]
     bad = np.flatnonzero(((pixels < 0) | (pixels > 255)).any(axis=1) | (labels < 0) | (labels > 9))
     if bad.size:
-        lineno, ln = numbers[int(bad[0])]
-        _check_line(path, lineno, ln)
+        _raise_first_problem(path, [numbers[int(bad[0])]])
     images = pixels.astype(np.uint8).reshape(-1, 28, 28)
     return images, labels.astype(np.uint8)
 
 
-def _raise_line_error(path: str | os.PathLike[str], lineno: int, ln: bytes) -> None:
+def _parse_ints(joined: bytes, count: int) -> np.ndarray | None:
+    """Parse comma-separated integers (characters already checked); None if any field is bad."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            # text-mode fromstring is ~5x faster than converting a list of tokens
+            table = np.fromstring(joined.decode("ascii"), dtype=np.int64, sep=",")
+        if table.size == count:
+            return table
+        return None
+    except (ValueError, OverflowError, DeprecationWarning, TypeError, AttributeError):
+        pass
+    try:
+        return np.array(joined.split(b","), dtype=np.bytes_).astype(np.int64).reshape(-1)
+    except (ValueError, OverflowError):
+        return None
+
+
+def _line_problem(ln: bytes) -> str | None:
+    """What is wrong with one data line, or None when it is a valid row."""
     fields = ln.split(b",")
     if len(fields) != _FIELDS:
-        raise CorruptFileError(
-            f"{path}: line {lineno}: expected {_FIELDS} comma-separated fields "
-            f"({MNIST_PIXELS} pixels then the label), found {len(fields)}"
-        )
-    _check_line(path, lineno, ln)
-
-
-def _check_line(path: str | os.PathLike[str], lineno: int, ln: bytes) -> None:
-    fields = ln.split(b",")
+        return (f"expected {_FIELDS} comma-separated fields ({MNIST_PIXELS} pixels then the label), "
+                f"found {len(fields)}")
     for col, f in enumerate(fields, start=1):
         s = f.strip()
-        what = "label" if col == _FIELDS else "pixel"
-        hi = 9 if col == _FIELDS else 255
+        what, hi = ("label", 9) if col == _FIELDS else ("pixel", 255)
         if not s.isdigit():
             shown = s[:20].decode("ascii", "backslashreplace")
-            raise CorruptFileError(
-                f"{path}: line {lineno}, field {col}: expected an integer {what} 0-{hi}, found {shown!r}"
-            )
+            return f"field {col}: expected an integer {what} 0-{hi}, found {shown!r}"
         if int(s) > hi:
-            raise CorruptFileError(
-                f"{path}: line {lineno}, field {col}: expected an integer {what} 0-{hi}, found {int(s)}"
-            )
+            return f"field {col}: expected an integer {what} 0-{hi}, found {int(s)}"
+    return None
+
+
+def _raise_first_problem(path: str | os.PathLike[str], lines: list[tuple[int, bytes]]) -> NoReturn:
+    for lineno, ln in lines:
+        problem = _line_problem(ln)
+        if problem is not None:
+            sep = ", " if problem.startswith("field") else ": "
+            raise CorruptFileError(f"{path}: line {lineno}{sep}{problem}")
+    lineno = lines[0][0] if lines else 0
     raise CorruptFileError(f"{path}: line {lineno}: malformed row")
