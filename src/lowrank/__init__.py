@@ -7,6 +7,7 @@ from .errors import (CheckpointError, ConfigError, CorruptFileError, DatasetNotF
                      LowRankError, RankError, TrainingDivergedError)
 from .layers import LowRankLayer, is_lowrank
 from .models import mlp
+from .convert import convert, inspect, merge
 
 __version__ = "0.1.0"
 
@@ -15,4 +16,5 @@ __all__ = [
     "LowRankError", "DatasetNotFoundError", "CorruptFileError", "RankError", "ConfigError",
     "TrainingDivergedError", "CheckpointError",
     "LowRankLayer", "is_lowrank", "mlp",
+    "convert", "merge", "inspect",
 ]

@@ -220,6 +220,129 @@ def cmd_inspect(ns: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_compare(ns: argparse.Namespace) -> int:
+    import time
+
+    from .compare import default_config_path, experiment_tag, outcome_notes, run_experiment
+    from .experiment import load_experiment
+    from .report import load_runs, write_report
+
+    path = Path(ns.config) if ns.config else default_config_path()
+    exp = load_experiment(path)
+    out_dir = Path(ns.out or Path("reports") / exp.name)
+    store = _store(ns)
+    t0 = time.perf_counter()
+    print(f"compare {exp.name}: {len(exp.runs)} runs from {path} into {store.path}", flush=True)
+
+    def start(i: int, spec: Any) -> None:
+        print(f"[{i + 1}/{len(exp.runs)}] {spec.label} ({spec.config.method.method}, "
+              f"{spec.config.epochs} epochs)", flush=True)
+
+    def epoch(spec: Any, e: int, row: dict[str, Any]) -> None:
+        if not ns.quiet:
+            print("    ", end="")
+            _print_epoch(e, row)
+
+    def done(o: Any) -> None:
+        extra = f" ({o.error})" if o.error else ""
+        print(f"    -> {o.status}{extra} in {o.wall_time:.1f} s" + (f", run {o.run_id}" if o.run_id else ""),
+              flush=True)
+
+    try:
+        outcomes = run_experiment(exp, store=store, runs_dir=ns.runs_dir, on_start=start, on_epoch=epoch,
+                                  on_done=done)
+    except KeyboardInterrupt:
+        print("\nlowrank: interrupted; the current run keeps its checkpoint (`lowrank train --resume <id>`); "
+              "finished runs are stored", file=sys.stderr)
+        return 130
+    ids = [o.run_id for o in outcomes if o.run_id is not None]
+    wall = time.perf_counter() - t0
+    if not ids:
+        raise LowRankError(f"no run of {path} could be trained: " + "; ".join(outcome_notes(outcomes)))
+    files = write_report(load_runs(store, ids), out_dir, title=exp.title,
+                         subtitle=f"{exp.description} Config {path}; runs {', '.join(map(str, ids))} "
+                                  f"(sweep tag {experiment_tag(exp)}); whole comparison {wall / 60:.1f} min.".strip(),
+                         notes=outcome_notes(outcomes))
+    _print_summary_table(store, ids)
+    print(f"wall time {wall:.1f} s; report: {files.html} and {files.markdown}")
+    print(f"rebuild with: lowrank report {' '.join(map(str, ids))} --out {out_dir}")
+    return 0
+
+
+def _print_summary_table(store: Any, ids: list[int]) -> None:
+    from .report import load_runs, results_table
+
+    t = results_table(load_runs(store, ids))
+    keep = [t.columns.index(c) for c in ("run", "status", "test accuracy", "hidden weights kept",
+                                         "epoch time", "total time")]
+    rows = [[t.columns[i] for i in keep]] + [[r[i] for i in keep] for r in t.rows]
+    widths = [max(len(r[j]) for r in rows) for j in range(len(keep))]
+    for r in rows:
+        print("  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip())
+
+
+def cmd_report(ns: argparse.Namespace) -> int:
+    from .report import parse_query, select_runs, write_report
+
+    store = _store(ns)
+    runs = select_runs(store, ns.run_ids, parse_query(ns.query))
+    if not runs:
+        raise LowRankError("no run matches; `lowrank runs` lists the runs")
+    out_dir = Path(ns.out or Path("reports") / "report")
+    what = f"runs {', '.join(str(r.id) for r in runs)}" + (f" (query {ns.query})" if ns.query else "")
+    files = write_report(runs, out_dir, title=ns.title, subtitle=f"{what}, from {store.path}")
+    print(f"report of {len(runs)} runs: {files.html} and {files.markdown}")
+    return 0
+
+
+def cmd_sweep(ns: argparse.Namespace) -> int:
+    import signal
+
+    from .matrix import load_matrix
+    from .sweep import plan_sweep, run_sweep
+    from .sweep_report import write_sweep_report
+
+    if ns.workers < 1:
+        raise LowRankError(f"--workers must be at least 1, got {ns.workers}")
+    matrix = load_matrix(ns.matrix)
+    store = _store(ns)
+    plan = plan_sweep(matrix, store)
+    print(f"sweep {matrix.name}: {len(plan.states)} grid points: {plan.count('done')} done, "
+          f"{plan.count('resume')} to resume, {plan.count('start')} to start"
+          + (f", {plan.count('unavailable')} unavailable" if plan.count("unavailable") else ""), flush=True)
+    for st in plan.states:
+        if st.action == "unavailable" or ns.dry_run:
+            print(f"  {st.action:11s} {st.point.key}" + (f"  ({st.reason})" if st.reason else ""))
+    if ns.dry_run:
+        return 0
+    total = plan.count("resume") + plan.count("start")
+    counter = {"n": 0}
+
+    def result(r: dict[str, Any]) -> None:
+        counter["n"] += 1
+        acc = f" test acc {r['test_acc']:.4f}" if r.get("test_acc") is not None else ""
+        err = f" ({r['error']})" if r.get("error") else ""
+        print(f"[{counter['n']}/{total}] {r['status']}{' (resumed)' if r['resumed'] else ''} run {r['run_id']}:"
+              f" {r['key']}{acc}{err} {r['seconds']:.1f} s", flush=True)
+
+    def stop(signum: int, frame: Any) -> None:
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, stop)
+    try:
+        run_sweep(matrix, db_path=store.path, runs_dir=ns.runs_dir, workers=ns.workers, on_result=result)
+    except KeyboardInterrupt:
+        print("\nlowrank: sweep interrupted; run the same command again to resume it", file=sys.stderr)
+        return 130
+    after = plan_sweep(matrix, store)
+    out_dir = Path(ns.out or Path("reports") / f"sweep-{matrix.name}")
+    files = write_sweep_report(matrix, store, out_dir)
+    print(f"sweep {matrix.name}: {after.count('done')} of {len(after.states)} grid points done"
+          + (f", {after.count('resume')} left unfinished" if after.count("resume") else "")
+          + f"; report: {files.html}")
+    return 0 if after.count("resume") == 0 else 1
+
+
 # -- parser -------------------------------------------------------------------------------------
 
 class _Parser(argparse.ArgumentParser):
@@ -259,6 +382,31 @@ def build_parser() -> argparse.ArgumentParser:
     _add_dataclass_flags(i, TrainConfig, "train")
     _add_dataclass_flags(i, MethodConfig, "method")
     i.set_defaults(func=cmd_inspect)
+
+    c = sub.add_parser("compare", help="train every method of a config file and write the comparison report")
+    c.add_argument("--config", default=None, help="experiment TOML file (default: configs/compare-default.toml)")
+    c.add_argument("--out", default=None, help="report folder (default: reports/<config name>)")
+    c.add_argument("--runs-dir", default="runs", help="folder for run folders (default: runs)")
+    c.add_argument("--quiet", action="store_true", help="no per-epoch lines")
+    c.set_defaults(func=cmd_compare)
+
+    rp = sub.add_parser("report", help="rebuild the comparison report from the database for any runs")
+    rp.add_argument("run_ids", nargs="*", type=int, metavar="RUN_ID", help="runs to include (default: by --query)")
+    rp.add_argument("--query", default=None,
+                    help="filter: key=value[,key=value], keys method, dataset, status, sweep, name or a "
+                         "config path (optim.lr, method.adaptive); value alternatives with | "
+                         "(default: every finished run)")
+    rp.add_argument("--out", default=None, help="report folder (default: reports/report)")
+    rp.add_argument("--title", default="lowrank comparison", help="report heading")
+    rp.set_defaults(func=cmd_report)
+
+    sw = sub.add_parser("sweep", help="run a test matrix (resumable, parallel) and write its summary report")
+    sw.add_argument("matrix", help="matrix TOML file (see configs/sweep-small.toml)")
+    sw.add_argument("--workers", type=int, default=1, help="parallel processes (default: 1)")
+    sw.add_argument("--out", default=None, help="report folder (default: reports/sweep-<name>)")
+    sw.add_argument("--runs-dir", default="runs", help="folder for run folders (default: runs)")
+    sw.add_argument("--dry-run", action="store_true", help="list the grid points and what would be done")
+    sw.set_defaults(func=cmd_sweep)
     return p
 
 

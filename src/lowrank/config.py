@@ -53,7 +53,7 @@ class OptimConfig:
     """Weight of the L2 penalty sum w^2 over all trainable weights, added to the loss."""
     clip: float | None = None
     """Clip the global gradient norm to this value (the thesis uses 4)."""
-    schedule: str = "constant"
+    schedule: str = "cosine"
     """Learning-rate schedule over the run: constant, or cosine (decays to 0 at the last step)."""
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from collections.abc import Sequence
 
 from torch import nn
@@ -28,4 +29,4 @@ def mlp(sizes: Sequence[int], activation: str = "relu") -> nn.Sequential:
         mods.append((f"fc{i}", nn.Linear(m, n)))
         if i < len(sizes) - 2:
             mods.append((f"act{i}", ACTIVATIONS[activation]()))
-    return nn.Sequential(dict(mods))
+    return nn.Sequential(OrderedDict(mods))  # Sequential takes an OrderedDict, not a dict

@@ -55,6 +55,12 @@ class LowRankLayer(nn.Module):
                 lin.bias.copy_(b.detach())
         return lin
 
+    @classmethod
+    def count_params(cls, in_features: int, out_features: int, rank: int, bias: bool = True) -> int:
+        """Inference weights of a layer of this class with these shapes, without building one
+        (``convert.inspect`` plans with it). Must agree with :meth:`num_params`."""
+        return rank * (in_features + out_features) + (out_features if bias else 0)
+
     def num_params(self) -> int:
         """Weights needed at inference (all stored factors + bias); subclasses with a core add it."""
         r, m, n = self.rank, self.in_features, self.out_features

@@ -111,6 +111,10 @@ class LoRALinear(LowRankLayer):
         w = self.base.weight
         return w if self.merged else w + self.delta_weight()
 
+    @classmethod
+    def count_params(cls, in_features: int, out_features: int, rank: int, bias: bool = True) -> int:
+        return in_features * out_features + (out_features if bias else 0)
+
     def num_params(self) -> int:
         """Inference weights: LoRA is served merged, so ``m n (+ n)`` like the dense layer."""
         return self.in_features * self.out_features + (self.out_features if self.base.bias is not None else 0)

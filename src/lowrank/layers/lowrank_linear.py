@@ -109,6 +109,10 @@ class LowRankLinear(LowRankLayer):
     def dense_weight(self) -> torch.Tensor:
         return self.U @ self.S @ self.V.T  # (n, m)
 
+    @classmethod
+    def count_params(cls, in_features: int, out_features: int, rank: int, bias: bool = True) -> int:
+        return super().count_params(in_features, out_features, rank, bias) + rank ** 2
+
     def num_params(self) -> int:
         """``r (m + n) + r^2 (+ n)``: both bases, the core and the bias."""
         return super().num_params() + self.rank ** 2

@@ -77,6 +77,10 @@ class SVDLinear(LowRankLayer):
     def dense_weight(self) -> torch.Tensor:
         return (self.U * self.s) @ self.V.T  # (n, m)
 
+    @classmethod
+    def count_params(cls, in_features: int, out_features: int, rank: int, bias: bool = True) -> int:
+        return super().count_params(in_features, out_features, rank, bias) + rank
+
     def num_params(self) -> int:
         """``r (m + n) + r (+ n)``."""
         return super().num_params() + self.rank
@@ -98,34 +102,50 @@ class SVDLinear(LowRankLayer):
         return total
 
     @torch.no_grad()
+    def prune_indices(self, energy: float = 0.99) -> torch.Tensor:
+        """Indices of the fewest entries of ``s`` (largest ``|s|`` first) whose squares hold
+        ``energy`` of ``sum s^2``, in decreasing ``|s|``."""
+        if not 0 < energy <= 1:
+            raise ValueError(f"energy must be in (0, 1], got {energy}")
+        order = torch.argsort(self.s.abs(), descending=True)
+        return order[:rank_for_energy(self.s.abs()[order], energy)]
+
+    @torch.no_grad()
+    def keep(self, idx: torch.Tensor) -> None:
+        """Replace ``U``, ``s``, ``V`` by new Parameters holding only the rank-1 terms ``idx``
+        (``U[:, idx]``, ``s[idx]``, ``V[:, idx]``: always the last dimension)."""
+        self.U = nn.Parameter(self.U[:, idx].clone(), requires_grad=self.U.requires_grad)
+        self.s = nn.Parameter(self.s[idx].clone(), requires_grad=self.s.requires_grad)
+        self.V = nn.Parameter(self.V[:, idx].clone(), requires_grad=self.V.requires_grad)
+
+    @torch.no_grad()
+    def rediagonalize(self) -> None:
+        """Same ``W``, with orthonormal ``U``, ``V`` and ``s`` its true singular values:
+        ``U = Q_u R_u``, ``V = Q_v R_v``, ``R_u diag(s) R_v^T = P sigma Q^T``, then
+        ``U = Q_u P``, ``s = sigma``, ``V = Q_v Q``. Values change in place."""
+        qu, ru = torch.linalg.qr(self.U)                      # (n, r), (r, r)
+        qv, rv = torch.linalg.qr(self.V)                      # (m, r), (r, r)
+        p, sigma, qh = torch.linalg.svd((ru * self.s) @ rv.T)  # core (r, r) = R_u diag(s) R_v^T
+        self.U.copy_(qu @ p)
+        self.s.copy_(sigma)
+        self.V.copy_(qv @ qh.T)
+
     def prune(self, energy: float = 0.99, *, exact: bool = False) -> int:
         """Keep the fewest singular values (largest ``|s|`` first) whose squares hold ``energy`` of the total.
 
-        Replaces ``U``, ``s``, ``V`` by new, smaller Parameters (so any optimizer over the
-        old ones must be rebuilt) and returns the new rank. Factors are reordered by
-        decreasing ``|s|``; signs stay in ``s``.
+        Replaces ``U``, ``s``, ``V`` by new, smaller Parameters and returns the new rank.
+        Factors are reordered by decreasing ``|s|``; signs stay in ``s``. An optimizer over
+        the old Parameters must be rebuilt, or its state moved (``methods.svd`` does the latter
+        with :meth:`prune_indices` and :meth:`keep`).
 
         ``s`` are the true singular values of ``W`` only while ``U``, ``V`` are orthonormal
-        (which the penalty encourages but does not enforce). ``exact=True`` first
-        re-diagonalises: ``U = Q_u R_u``, ``V = Q_v R_v``, ``R_u diag(s) R_v^T = P sigma Q^T``,
-        then ``U = Q_u P``, ``s = sigma``, ``V = Q_v Q`` (same ``W``), so the pruned layer is
-        the best approximation of ``W`` at its rank.
+        (which the penalty encourages but does not enforce); ``exact=True`` first calls
+        :meth:`rediagonalize`, so the pruned layer is the best approximation of ``W`` at its rank.
         """
-        if not 0 < energy <= 1:
-            raise ValueError(f"energy must be in (0, 1], got {energy}")
-        u, s, v = self.U.detach(), self.s.detach(), self.V.detach()
         if exact:
-            qu, ru = torch.linalg.qr(u)                  # (n, r), (r, r)
-            qv, rv = torch.linalg.qr(v)                  # (m, r), (r, r)
-            p, s, qh = torch.linalg.svd((ru * s) @ rv.T)  # core (r, r) = R_u diag(s) R_v^T
-            u, v = qu @ p, qv @ qh.T
-        order = torch.argsort(s.abs(), descending=True)
-        r = rank_for_energy(s.abs()[order], energy)
-        keep = order[:r]
-        self.U = nn.Parameter(u[:, keep].clone(), requires_grad=self.U.requires_grad)
-        self.s = nn.Parameter(s[keep].clone(), requires_grad=self.s.requires_grad)
-        self.V = nn.Parameter(v[:, keep].clone(), requires_grad=self.V.requires_grad)
-        return r
+            self.rediagonalize()
+        self.keep(self.prune_indices(energy))
+        return self.rank
 
     def spec(self) -> dict[str, Any]:
         return {**super().spec(), "lambda_orth": self.lambda_orth, "lambda_sparse": self.lambda_sparse}
