@@ -207,7 +207,8 @@ def cmd_inspect(ns: argparse.Namespace) -> int:
     cfg = config_from_args(ns)
     m = cfg.method
     model = mlp(cfg.layers, cfg.activation)
-    rows = inspect_layers(model, rank=m.rank, energy=m.energy, param_ratio=m.param_ratio,
+    method = "vanilla" if m.method == "dense" else m.method  # dense: show the default factorisation
+    rows = inspect_layers(model, method, rank=m.rank, energy=m.energy, param_ratio=m.param_ratio,
                           target=m.target)
     if ns.json:
         print(json.dumps(rows, default=float))
@@ -229,7 +230,7 @@ def cmd_compare(ns: argparse.Namespace) -> int:
 
     path = Path(ns.config) if ns.config else default_config_path()
     exp = load_experiment(path)
-    out_dir = Path(ns.out or Path("reports") / exp.name)
+    out_dir = Path(ns.out or Path("report") / exp.name)
     store = _store(ns)
     t0 = time.perf_counter()
     print(f"compare {exp.name}: {len(exp.runs)} runs from {path} into {store.path}", flush=True)
@@ -288,7 +289,7 @@ def cmd_report(ns: argparse.Namespace) -> int:
     runs = select_runs(store, ns.run_ids, parse_query(ns.query))
     if not runs:
         raise LowRankError("no run matches; `lowrank runs` lists the runs")
-    out_dir = Path(ns.out or Path("reports") / "report")
+    out_dir = Path(ns.out or Path("report") / "custom")
     what = f"runs {', '.join(str(r.id) for r in runs)}" + (f" (query {ns.query})" if ns.query else "")
     files = write_report(runs, out_dir, title=ns.title, subtitle=f"{what}, from {store.path}")
     print(f"report of {len(runs)} runs: {files.html} and {files.markdown}")
@@ -335,7 +336,7 @@ def cmd_sweep(ns: argparse.Namespace) -> int:
         print("\nlowrank: sweep interrupted; run the same command again to resume it", file=sys.stderr)
         return 130
     after = plan_sweep(matrix, store)
-    out_dir = Path(ns.out or Path("reports") / f"sweep-{matrix.name}")
+    out_dir = Path(ns.out or Path("report") / f"sweep-{matrix.name}")
     files = write_sweep_report(matrix, store, out_dir)
     print(f"sweep {matrix.name}: {after.count('done')} of {len(after.states)} grid points done"
           + (f", {after.count('resume')} left unfinished" if after.count("resume") else "")
@@ -385,7 +386,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     c = sub.add_parser("compare", help="train every method of a config file and write the comparison report")
     c.add_argument("--config", default=None, help="experiment TOML file (default: configs/compare-default.toml)")
-    c.add_argument("--out", default=None, help="report folder (default: reports/<config name>)")
+    c.add_argument("--out", default=None, help="report folder (default: report/<config name>)")
     c.add_argument("--runs-dir", default="runs", help="folder for run folders (default: runs)")
     c.add_argument("--quiet", action="store_true", help="no per-epoch lines")
     c.set_defaults(func=cmd_compare)
@@ -396,14 +397,14 @@ def build_parser() -> argparse.ArgumentParser:
                     help="filter: key=value[,key=value], keys method, dataset, status, sweep, name or a "
                          "config path (optim.lr, method.adaptive); value alternatives with | "
                          "(default: every finished run)")
-    rp.add_argument("--out", default=None, help="report folder (default: reports/report)")
+    rp.add_argument("--out", default=None, help="report folder (default: report/custom)")
     rp.add_argument("--title", default="lowrank comparison", help="report heading")
     rp.set_defaults(func=cmd_report)
 
     sw = sub.add_parser("sweep", help="run a test matrix (resumable, parallel) and write its summary report")
     sw.add_argument("matrix", help="matrix TOML file (see configs/sweep-small.toml)")
     sw.add_argument("--workers", type=int, default=1, help="parallel processes (default: 1)")
-    sw.add_argument("--out", default=None, help="report folder (default: reports/sweep-<name>)")
+    sw.add_argument("--out", default=None, help="report folder (default: report/sweep-<name>)")
     sw.add_argument("--runs-dir", default="runs", help="folder for run folders (default: runs)")
     sw.add_argument("--dry-run", action="store_true", help="list the grid points and what would be done")
     sw.set_defaults(func=cmd_sweep)
