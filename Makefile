@@ -10,7 +10,7 @@ install:
 	@bash scripts/install.sh
 
 run: install
-	$(PY) -m lowrank train --dataset fashion-mnist --layers 784,256,128,10 --optimizer adam --lr 1e-3 --epochs 5 --batch-size 64
+	OMP_WAIT_POLICY=$${OMP_WAIT_POLICY:-PASSIVE} $(PY) -m lowrank compare
 
 test: install
 	$(PY) -m pytest tests -q -p no:cacheprovider

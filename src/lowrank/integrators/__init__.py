@@ -10,15 +10,15 @@
 
 from __future__ import annotations
 
-from .basis import augment_basis
+from .basis import augment_basis, augment_parts
 from .kls import kls_augmented_basis, kls_coefficients, kls_fixed_basis
-from .optim_state import transform_state
+from .optim_state import fill_augmented_state, transform_state
 from .parallel import parallel_augment, parallel_core, rotate_basis
 from .stepper import INTEGRATORS, DLRTStepper
 from .truncation import select_rank, truncate
 
 __all__ = [
-    "augment_basis", "kls_fixed_basis", "kls_augmented_basis", "kls_coefficients",
+    "augment_basis", "augment_parts", "kls_fixed_basis", "kls_augmented_basis", "kls_coefficients",
     "parallel_core", "parallel_augment", "rotate_basis", "truncate", "select_rank",
-    "transform_state", "DLRTStepper", "INTEGRATORS",
+    "transform_state", "fill_augmented_state", "DLRTStepper", "INTEGRATORS",
 ]

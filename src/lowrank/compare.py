@@ -1,0 +1,147 @@
+"""Train every run of an experiment file into one results database.
+
+:func:`run_experiment` trains the runs of an :class:`~lowrank.experiment.Experiment`
+one after the other with :func:`lowrank.train.fit` and the shared
+:class:`~lowrank.store.Store`; each run is tagged ``sweep = "compare:<name>"``,
+``sweep_key = <label>``. Datasets are loaded once per distinct data config. A run
+whose method is not available (its module missing or not importable) is skipped, and
+a run that fails is recorded as failed; both are reported and the others go on.
+The report itself is written by :mod:`lowrank.report` from the database.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from .config import TrainConfig
+from .data import Splits, load_dataset
+from .errors import ConfigError
+from .experiment import Experiment, RunSpec
+from .store import Store
+
+__all__ = ["RunOutcome", "DataCache", "run_experiment", "method_available", "default_config_path",
+           "experiment_tag", "outcome_notes"]
+
+OnStart = Callable[[int, RunSpec], None]
+OnEpoch = Callable[[RunSpec, int, dict[str, Any]], None]
+OnDone = Callable[["RunOutcome"], None]
+
+
+@dataclass
+class RunOutcome:
+    """What became of one run of an experiment."""
+
+    label: str
+    method: str
+    run_id: int | None
+    status: str
+    """finished, diverged, failed or unavailable (method not implemented / not importable)."""
+    error: str | None
+    wall_time: float
+    """Seconds spent in ``fit`` (training, evaluation, checkpoints)."""
+
+
+class DataCache:
+    """Loads each distinct (data config, seed) once per process."""
+
+    def __init__(self) -> None:
+        self._cache: dict[str, Splits] = {}
+
+    def get(self, cfg: TrainConfig) -> Splits:
+        key = json.dumps([cfg.data.__dict__, cfg.seed], sort_keys=True, default=str)
+        if key not in self._cache:
+            self._cache[key] = load_dataset(cfg.data, seed=cfg.seed)
+        return self._cache[key]
+
+
+def default_config_path(name: str = "compare-default.toml") -> Path:
+    """``configs/<name>`` of the current folder, else of the source checkout."""
+    candidates = [Path.cwd() / "configs" / name, Path(__file__).resolve().parents[2] / "configs" / name]
+    for p in candidates:
+        if p.exists():
+            return p
+    raise ConfigError(f"no {name} in {' or '.join(str(c.parent) for c in candidates)}; pass --config FILE")
+
+
+def experiment_tag(exp: Experiment) -> str:
+    """The ``sweep`` column value of an experiment's runs."""
+    return f"compare:{exp.name}"
+
+
+def method_available(method: str) -> str | None:
+    """``None`` when ``lowrank.methods.<method>`` imports, else why not (one line)."""
+    try:
+        importlib.import_module(f"lowrank.methods.{method}")
+    except ImportError as e:
+        return f"not available ({type(e).__name__}: {e})"
+    return None
+
+
+def run_experiment(exp: Experiment, *, store: Store, runs_dir: str | Path = "runs",
+                   data: DataCache | None = None, on_start: OnStart | None = None,
+                   on_epoch: OnEpoch | None = None, on_done: OnDone | None = None) -> list[RunOutcome]:
+    """Train every run of ``exp``; returns one outcome per run, in file order.
+
+    ``KeyboardInterrupt`` propagates (the interrupted run keeps its checkpoint and can be
+    continued with ``lowrank train --resume``); any other error of one run is recorded.
+    """
+    from .train import fit
+
+    data = data or DataCache()
+    tag = experiment_tag(exp)
+    outcomes = []
+    for i, spec in enumerate(exp.runs):
+        if on_start is not None:
+            on_start(i, spec)
+        method = spec.config.method.method
+        reason = method_available(method)
+        t0 = time.perf_counter()
+        if reason is not None:
+            outcome = RunOutcome(spec.label, method, None, "unavailable", reason, 0.0)
+        else:
+            before = _last_id(store)
+            epoch_cb = (lambda e, row, s=spec: on_epoch(s, e, row)) if on_epoch else None
+            try:
+                res = fit(spec.config, store=store, runs_dir=runs_dir, data=data.get(spec.config),
+                          on_epoch=epoch_cb, sweep=tag, sweep_key=spec.label)
+                outcome = RunOutcome(spec.label, method, res.run_id, "finished", None, time.perf_counter() - t0)
+            except KeyboardInterrupt:
+                raise
+            except Exception as e:  # one broken method must not stop the comparison
+                run_id = _mark_failed(store, tag, spec.label, before)
+                status = store.run(run_id)["status"] if run_id else "failed"
+                msg = str(e).splitlines()[0] if str(e) else ""
+                outcome = RunOutcome(spec.label, method, run_id, status, f"{type(e).__name__}: {msg}",
+                                     time.perf_counter() - t0)
+        outcomes.append(outcome)
+        if on_done is not None:
+            on_done(outcome)
+    return outcomes
+
+
+def outcome_notes(outcomes: list[RunOutcome]) -> list[str]:
+    """One line per run that did not finish (for the report)."""
+    return [f"{o.label}: {o.status}" + (f" — {o.error}" if o.error else "")
+            for o in outcomes if o.status != "finished"]
+
+
+def _last_id(store: Store) -> int:
+    runs = store.runs()
+    return runs[-1]["id"] if runs else 0
+
+
+def _mark_failed(store: Store, tag: str, label: str, after_id: int) -> int | None:
+    """The run ``fit`` created for ``label`` (if any); left 'running' by an early error, it is marked failed."""
+    rows = [r for r in store.runs(sweep=tag) if r["sweep_key"] == label and r["id"] > after_id]
+    if not rows:
+        return None
+    row = rows[-1]
+    if row["status"] == "running":
+        store.set_status(row["id"], "failed")
+    return int(row["id"])

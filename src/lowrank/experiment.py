@@ -1,0 +1,173 @@
+"""Experiment files: TOML lists of runs, each a table of overrides over a base config.
+
+An experiment file (read with :mod:`tomllib`) looks like::
+
+    name = "compare-default"            # tags the runs in the database
+    title = "Fashion-MNIST, 784-256-128-10"
+    description = "free text shown in the report"
+
+    [base]                              # any TrainConfig field; sections data/optim/method
+    layers = [784, 256, 128, 10]
+    epochs = 4
+    [base.data]
+    dataset = "fashion-mnist"
+
+    [[runs]]
+    label = "dense Adam"                # shown in tables and legends (stored as the run name)
+    optim = { optimizer = "adam", lr = 1e-3 }
+
+    [[runs]]
+    label = "DLRT KLS adaptive"
+    method = { method = "dlrt", integrator = "kls", adaptive = true, rank = 20 }
+
+Every key is checked against :class:`~lowrank.config.TrainConfig` and its sections:
+an unknown key is a :class:`~lowrank.errors.ConfigError` naming the key, where it
+was found and the file. :func:`apply_overrides` is shared with sweep matrices.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .config import DataConfig, MethodConfig, OptimConfig, TrainConfig
+from .errors import ConfigError
+
+__all__ = ["RunSpec", "Experiment", "load_experiment", "read_toml", "apply_overrides", "SECTIONS",
+           "config_paths"]
+
+#: TrainConfig fields that are sections, with their dataclasses.
+SECTIONS: dict[str, type] = {"data": DataConfig, "optim": OptimConfig, "method": MethodConfig}
+
+_TOP_KEYS = {"name", "title", "description", "base", "runs"}
+_RUN_META = {"label"}
+
+
+@dataclass
+class RunSpec:
+    """One run of an experiment: a display label and its full config."""
+
+    label: str
+    config: TrainConfig
+
+
+@dataclass
+class Experiment:
+    """A parsed experiment file."""
+
+    name: str
+    """Short name; runs are stored with ``sweep = "compare:<name>"`` and their label as key."""
+    title: str
+    """Heading of the report."""
+    description: str
+    """Free text shown under the heading."""
+    runs: list[RunSpec]
+    """The runs, in file order."""
+    source: Path | None = None
+    """The file it was read from."""
+    base: dict[str, Any] = field(default_factory=dict)
+    """The base config (TrainConfig as a dict, overrides applied)."""
+
+
+def config_paths() -> set[str]:
+    """Every settable config key as a dotted path: ``epochs``, ``optim.lr``, ``method.rank`` ..."""
+    paths = {f.name for f in dataclasses.fields(TrainConfig) if f.name not in SECTIONS}
+    for sec, cls in SECTIONS.items():
+        paths |= {f"{sec}.{f.name}" for f in dataclasses.fields(cls)}
+    return paths
+
+
+def read_toml(path: str | Path) -> dict[str, Any]:
+    """The TOML document at ``path``; a missing or malformed file is a ConfigError naming it."""
+    path = Path(path)
+    try:
+        with open(path, "rb") as f:
+            return tomllib.load(f)
+    except FileNotFoundError:
+        raise ConfigError(f"config file {path} does not exist") from None
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(f"{path} is not valid TOML: {e}") from None
+
+
+def apply_overrides(cfg: dict[str, Any], overrides: dict[str, Any], where: str) -> dict[str, Any]:
+    """A copy of the TrainConfig dict ``cfg`` with ``overrides`` applied.
+
+    ``overrides`` holds top-level fields and section tables (``{"optim": {"lr": 0.1}}``)
+    or dotted keys (``{"optim.lr": 0.1}``). ``where`` (e.g. ``"runs[2] of configs/x.toml"``)
+    goes into the error message of an unknown key.
+    """
+    out = copy.deepcopy(cfg)
+    known = config_paths()
+    for key, value in overrides.items():
+        if "." in key:
+            sec, _, name = key.partition(".")
+            pairs = [(sec, {name: value})]
+        else:
+            pairs = [(key, value)]
+        for k, v in pairs:
+            if k in SECTIONS:
+                if not isinstance(v, dict):
+                    raise ConfigError(f"{k!r} in {where} must be a table of {k} fields, got {v!r}")
+                for name, val in v.items():
+                    if f"{k}.{name}" not in known:
+                        raise ConfigError(f"unknown key {k}.{name!r} in {where} "
+                                          f"(known {k} keys: {', '.join(sorted(_fields(SECTIONS[k])))})")
+                    out[k][name] = _plain(val)
+            elif k in known:
+                out[k] = _plain(v)
+            else:
+                raise ConfigError(f"unknown key {k!r} in {where} (known keys: "
+                                  f"{', '.join(sorted(p for p in known if '.' not in p))}, "
+                                  f"and tables {', '.join(SECTIONS)})")
+    return out
+
+
+def load_experiment(path: str | Path) -> Experiment:
+    """Parse and validate the experiment file at ``path`` (every run's config is validated)."""
+    path = Path(path)
+    doc = read_toml(path)
+    for key in doc:
+        if key not in _TOP_KEYS:
+            raise ConfigError(f"unknown key {key!r} at the top of {path} (known: {', '.join(sorted(_TOP_KEYS))})")
+    base_over = doc.get("base", {})
+    if not isinstance(base_over, dict):
+        raise ConfigError(f"'base' in {path} must be a table")
+    base = apply_overrides(TrainConfig().to_dict(), base_over, f"[base] of {path}")
+    runs_doc = doc.get("runs", [])
+    if not isinstance(runs_doc, list) or not runs_doc:
+        raise ConfigError(f"{path} lists no runs: add [[runs]] tables")
+    runs: list[RunSpec] = []
+    labels: set[str] = set()
+    for i, entry in enumerate(runs_doc):
+        where = f"runs[{i}] of {path}"
+        if not isinstance(entry, dict):
+            raise ConfigError(f"{where} must be a table")
+        over = {k: v for k, v in entry.items() if k not in _RUN_META}
+        cfg_dict = apply_overrides(base, over, where)
+        label = str(entry.get("label") or cfg_dict.get("name") or cfg_dict["method"]["method"])
+        if label in labels:
+            raise ConfigError(f"label {label!r} appears twice in {path}; labels must be unique")
+        labels.add(label)
+        cfg_dict["name"] = label
+        try:
+            cfg = TrainConfig.from_dict(cfg_dict)
+        except ConfigError as e:
+            raise ConfigError(f"{where}: {e}") from None
+        runs.append(RunSpec(label, cfg))
+    return Experiment(name=str(doc.get("name", path.stem)), title=str(doc.get("title", path.stem)),
+                      description=str(doc.get("description", "")), runs=runs, source=path, base=base)
+
+
+def _fields(cls: type) -> list[str]:
+    return [f.name for f in dataclasses.fields(cls)]
+
+
+def _plain(value: Any) -> Any:
+    """TOML values as the config expects them (arrays become lists)."""
+    if isinstance(value, list):
+        return [_plain(v) for v in value]
+    return value

@@ -1,0 +1,401 @@
+"""The DLRT training step: any torch optimizer's rule driven through the KLS or parallel integrator.
+
+The integrator treats, per :class:`~lowrank.layers.dlrt.DLRTLinear` layer, ``K (n, r)``,
+``L (m, r)`` and ``S (r, r)`` as parameters of one ordinary torch optimizer (built by
+:func:`~lowrank.stepper.make_optimizer`, so SGD, momentum, Adam, AdamW, weight decay
+all work), together with every other trainable parameter of the model (biases, the
+dense output layer). A step of the rule is "``p.data`` = current value, ``p.grad`` =
+the integrator's gradient, ``optimizer.step()``".
+
+``parallel`` (default; one forward/backward pass per step)::
+
+    pass at W0 -> G_K, G_L, dS;  K, L, S, rest take one optimizer step together
+    U^ = [U0 | U~], V^ = [V0 | V~], S^ = [[S1, L1^T V~], [U~^T K1, 0]] -> truncate
+
+``kls`` (two passes per step)::
+
+    pass 1 at W0 -> G_K, G_L;  K, L step;  U1, V1 from K1, L1;  S~ = (U1^T U0) S0 (V1^T V0)^T
+    pass 2 at U1 S~ V1^T -> dS;  S and rest step;  (adaptive) truncate
+
+  Rank-adaptive KLS needs no second pass: ``U1 S~ V1^T = W0`` there, so pass 2's
+  gradients are formed from pass 1's (see :meth:`DLRTStepper._step_kls_adaptive`).
+
+Optimizer state across a change of basis is projected onto the new basis
+(:mod:`.optim_state`), never reset: first moments linearly, second moments by the
+squared maps. Gradient clipping (``cfg.clip``) acts on the gradients one optimizer
+call uses: ``K, L, S`` and the rest together for ``parallel``; ``K, L`` in pass 1 and
+``S`` plus the rest in pass 2 for ``kls``. L1/L2 penalties (:func:`~lowrank.stepper.penalty`)
+are added to the loss; their gradient reaches ``S`` by autograd and is lifted to
+``K``, ``L`` as ``U0 dP/dS`` and ``V0 (dP/dS)^T`` (the gradient of ``P(U^T W V)`` in ``W``).
+
+``then_fixed = N``: the last ``N`` of ``epochs`` run at fixed rank; the switch happens
+in :meth:`DLRTStepper.end_epoch` when ``epoch + 1 == epochs - N``.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable
+from typing import Any
+
+import torch
+from torch import nn
+
+from ..config import OptimConfig
+from ..errors import ConfigError
+from ..layers.dlrt import DLRTLinear
+from ..linalg import orthonormality_error
+from ..stepper import LossFn, Stepper, make_optimizer, penalty
+from .kls import kls_augmented_basis, kls_coefficients, kls_fixed_basis
+from .optim_state import fill_augmented_state, transform_state
+from .parallel import parallel_augment, rotate_basis
+from .truncation import truncate
+
+__all__ = ["DLRTStepper", "INTEGRATORS"]
+
+INTEGRATORS = ("kls", "parallel")
+
+
+class DLRTStepper(Stepper):
+    """One DLRT training step per call; see the module docstring for the algorithm.
+
+    Args:
+        model: a model with at least one :class:`DLRTLinear`.
+        cfg: optimizer settings (rule, lr, momentum, weight decay, penalties, clipping).
+        total_steps: planned number of steps (informational).
+        integrator: ``"parallel"`` or ``"kls"``.
+        adaptive: rank-adaptive truncation with tolerance ``tau``.
+        tau: truncation tolerance, relative to ``||S||_F`` unless ``tau_absolute``.
+        tau_absolute: read ``tau`` as an absolute tolerance.
+        then_fixed: the last ``then_fixed`` epochs of ``epochs`` run at fixed rank.
+        epochs: number of epochs of the run (needed by ``then_fixed``).
+        reorth_every: every this many steps re-orthonormalise ``U``, ``V`` by QR (folding
+            the triangular factors into ``S``, so ``W`` is unchanged). Every step rotates
+            the bases in float32, adding ~3e-8 of random orthonormality error; this
+            bounds the walk over long runs. 0 disables it.
+    """
+
+    def __init__(self, model: nn.Module, cfg: OptimConfig, total_steps: int = 0, *,
+                 integrator: str = "parallel", adaptive: bool = False, tau: float = 0.1,
+                 tau_absolute: bool = False, then_fixed: int = 0, epochs: int | None = None,
+                 reorth_every: int = 50):
+        if integrator not in INTEGRATORS:
+            raise ConfigError(f"integrator {integrator!r} is not one of {', '.join(INTEGRATORS)}")
+        if tau < 0:
+            raise ConfigError(f"tau must be >= 0, got {tau}")
+        if then_fixed < 0:
+            raise ConfigError(f"then_fixed must be >= 0, got {then_fixed}")
+        if then_fixed and adaptive and (epochs is None or then_fixed >= epochs):
+            raise ConfigError(f"then_fixed={then_fixed} needs more epochs than that (epochs={epochs}): "
+                              f"the adaptive phase would be empty")
+        self.model = model
+        self.cfg = cfg
+        self.total_steps = total_steps
+        self.steps = 0
+        self.integrator = integrator
+        self.adaptive = bool(adaptive)
+        self.tau, self.tau_absolute = float(tau), bool(tau_absolute)
+        self.then_fixed, self.epochs = int(then_fixed), epochs
+        self.reorth_every = int(reorth_every)
+        self.names: list[str] = []
+        self.layers: list[DLRTLinear] = []
+        for name, mod in model.named_modules():
+            if isinstance(mod, DLRTLinear):
+                self.names.append(name)
+                self.layers.append(mod)
+        if not self.layers:
+            raise ConfigError("the model has no DLRTLinear layer: convert it with method 'dlrt' first")
+        for layer in self.layers:
+            layer.U.requires_grad_(False)
+            layer.V.requires_grad_(False)
+            layer.S.requires_grad_(True)
+            layer.augments = self.adaptive or integrator == "parallel"
+        # K (n, r) and L (m, r): held here, not in the model; .data is set at every step.
+        self.K = [nn.Parameter(l.U.detach() @ l.S.detach()) for l in self.layers]
+        self.L = [nn.Parameter(l.V.detach() @ l.S.detach().T) for l in self.layers]
+        own = {id(p) for l in self.layers for p in (l.U, l.S, l.V)}
+        self.rest = [p for p in model.parameters() if p.requires_grad and id(p) not in own]
+        params: list[nn.Parameter] = []
+        for k, lp, layer in zip(self.K, self.L, self.layers):
+            params += [k, lp, layer.S]
+        self.optimizer = make_optimizer(params + self.rest, cfg)
+        self._all_params = params + self.rest
+        self._penalised = bool(cfg.l1 or cfg.l2)
+        self._sync = any(p.is_cuda for p in self._all_params)
+        # Per layer: S's diagonal when S is known to be diagonal (after a truncation), else None;
+        # and the K-, L-steps' starting values U0 S0, V0 S0^T of the current step.
+        self._sigma: list[torch.Tensor | None] = [None] * len(self.layers)
+        self._KL0: list[tuple[torch.Tensor, torch.Tensor] | None] = [None] * len(self.layers)
+        self.timings: dict[str, float] = {}
+        self._reset_epoch_stats()
+
+    # ------------------------------------------------------------------ bookkeeping
+
+    def _reset_epoch_stats(self) -> None:
+        self.timings = {"fwd_bwd": 0.0, "linalg": 0.0, "optim": 0.0}
+        self._rank_lo = [l.rank for l in self.layers]
+        self._rank_hi = [l.rank for l in self.layers]
+
+    def _clock(self, key: str, t0: float) -> float:
+        if self._sync:
+            torch.cuda.synchronize()
+        t = time.perf_counter()
+        self.timings[key] += t - t0
+        return t
+
+    def _track_ranks(self) -> None:
+        for i, layer in enumerate(self.layers):
+            r = layer.rank
+            if r < self._rank_lo[i]:
+                self._rank_lo[i] = r
+            if r > self._rank_hi[i]:
+                self._rank_hi[i] = r
+
+    def _clip(self, params: Iterable[torch.Tensor]) -> None:
+        if self.cfg.clip:
+            torch.nn.utils.clip_grad_norm_([p for p in params if p.grad is not None], self.cfg.clip)
+
+    def _zero_grad(self) -> None:
+        for p in self._all_params:
+            p.grad = None
+
+    def _forward_backward(self, x: torch.Tensor, y: torch.Tensor, loss_fn: LossFn, capture: bool,
+                          keep_io: bool = False) -> torch.Tensor:
+        """Task loss at the current weights; ``loss + penalty`` backpropagated."""
+        self._zero_grad()
+        if capture:
+            for layer in self.layers:
+                layer.capture(True, keep_io)
+        try:
+            loss = loss_fn(self.model(x), y)
+            (loss + penalty(self.model, self.cfg)).backward()
+        finally:
+            if capture:
+                for layer in self.layers:
+                    layer.capturing = False
+        return loss.detach()
+
+    def _set_kl_grads(self, i: int) -> bool:
+        """``K.data = U0 S0``, ``L.data = V0 S0^T`` and their gradients from the captured pass."""
+        layer = self.layers[i]
+        gk, gl = layer.grad_K, layer.grad_L
+        if gk is None:          # layer not used in this forward pass: leave it alone
+            return False
+        U0, S0, V0 = layer.U.data, layer.S.data, layer.V.data
+        if self._penalised and layer.S.grad is not None:
+            dpen = layer.S.grad - layer.grad_S_task          # (r, r): penalty gradient in S
+            gk = torch.addmm(gk, U0, dpen)                   # + U0 dP/dS
+            gl = torch.addmm(gl, V0, dpen.T)                 # + V0 (dP/dS)^T
+        sigma = self._sigma[i]
+        if sigma is not None:                                # S0 = diag(sigma) after a truncation
+            K0, L0 = U0 * sigma, V0 * sigma                  # (n, r), (m, r): no matrix product
+        else:
+            K0, L0 = U0 @ S0, V0 @ S0.T
+        self._KL0[i] = (K0, L0)                              # kept: the optimizer steps K, L in place
+        self.K[i].data = K0.clone()
+        self.L[i].data = L0.clone()
+        self.K[i].grad, self.L[i].grad = gk, gl
+        layer.grad_K = layer.grad_L = layer.grad_S_task = None
+        return True
+
+    # ------------------------------------------------------------------ state projection
+
+    def _project(self, i: int, A: torch.Tensor | None, B: torch.Tensor | None,
+                 KB: torch.Tensor | None, LB: torch.Tensor | None) -> None:
+        """Carry layer ``i``'s optimizer state: ``S -> A S B``, ``K -> K KB``, ``L -> L LB``."""
+        opt = self.optimizer
+        A2 = None if A is None else A * A
+        B2 = None if B is None else B * B
+        transform_state(opt, self.layers[i].S, A, B, A2, B2)
+        transform_state(opt, self.K[i], None, KB)
+        transform_state(opt, self.L[i], None, LB)
+
+    # ------------------------------------------------------------------ steps
+
+    def step(self, x: torch.Tensor, y: torch.Tensor, loss_fn: LossFn) -> torch.Tensor:
+        """One training step; returns the batch task loss at the weights before the step (detached)."""
+        if self.integrator == "parallel":
+            loss = self._step_parallel(x, y, loss_fn)
+        else:
+            loss = self._step_kls(x, y, loss_fn)
+        self.steps += 1
+        if self.reorth_every and self.steps % self.reorth_every == 0:
+            self._reorthonormalise()
+        self._track_ranks()
+        return loss
+
+    def _step_parallel(self, x: torch.Tensor, y: torch.Tensor, loss_fn: LossFn) -> torch.Tensor:
+        t0 = time.perf_counter()
+        loss = self._forward_backward(x, y, loss_fn, capture=True)
+        t0 = self._clock("fwd_bwd", t0)
+        active = [self._set_kl_grads(i) for i in range(len(self.layers))]
+        old = [(l.U.data, l.V.data) for l in self.layers]
+        self._clip(self._all_params)
+        self.optimizer.step()
+        t0 = self._clock("optim", t0)
+        for i, layer in enumerate(self.layers):
+            if not active[i]:
+                continue
+            U0, V0 = old[i]
+            r0 = U0.shape[1]
+            K0, L0 = self._KL0[i]
+            Ut, Vt, Sh = parallel_augment(U0, V0, layer.S.data, self.K[i].data, self.L[i].data, K0, L0)  # (Q, D) pairs
+            P, sigma, Q = truncate(Sh, rank=None if self.adaptive else r0, tau=self.tau,
+                                   absolute=self.tau_absolute, min_rank=layer.min_rank, max_rank=layer.max_rank)
+            # New coordinates relative to the old: U1^T U0 = P[:r0]^T, V0^T V1 = Q[:r0].
+            Pr, Qr = P[:r0], Q[:r0]
+            self._project(i, Pr.T, Qr, Qr, Pr)
+            layer.set_factors(rotate_basis(U0, Ut, P), torch.diag(sigma), rotate_basis(V0, Vt, Q))
+            self._sigma[i] = sigma
+        self._clock("linalg", t0)
+        return loss
+
+    def _step_kls(self, x: torch.Tensor, y: torch.Tensor, loss_fn: LossFn) -> torch.Tensor:
+        if self.adaptive:
+            return self._step_kls_adaptive(x, y, loss_fn)
+        t0 = time.perf_counter()
+        loss = self._forward_backward(x, y, loss_fn, capture=True)
+        t0 = self._clock("fwd_bwd", t0)
+        # Pass 1 moves K and L only: drop every other gradient of this pass.
+        for p in self.rest:
+            p.grad = None
+        active = [self._set_kl_grads(i) for i in range(len(self.layers))]
+        for layer in self.layers:
+            layer.S.grad = None
+        self._clip([p for pair in zip(self.K, self.L) for p in pair])
+        self.optimizer.step()
+        t0 = self._clock("optim", t0)
+        for i, layer in enumerate(self.layers):
+            if not active[i]:
+                continue
+            U0, S0, V0 = layer.U.data, layer.S.data, layer.V.data
+            U1, MU = kls_fixed_basis(U0, self.K[i].data)     # U1 = qr(K1), MU = U1^T U0
+            V1, MV = kls_fixed_basis(V0, self.L[i].data)
+            self._project(i, MU, MV.T, MV.T, MU.T)
+            layer.set_factors(U1, kls_coefficients(MU, S0, MV), V1)
+            self._sigma[i] = None
+        t0 = self._clock("linalg", t0)
+        # Pass 2 at U1 S~ V1^T: the S-step, and the step of everything else.
+        self._forward_backward(x, y, loss_fn, capture=False)
+        t0 = self._clock("fwd_bwd", t0)
+        self._clip([l.S for l in self.layers] + self.rest)
+        self.optimizer.step()
+        self._clock("optim", t0)
+        return loss
+
+    def _step_kls_adaptive(self, x: torch.Tensor, y: torch.Tensor, loss_fn: LossFn) -> torch.Tensor:
+        """Rank-adaptive KLS in one forward/backward pass.
+
+        The S-step is taken at ``U1 S~ V1^T`` with ``U1 = [U0 | U~] ⊇ range(U0)`` and
+        ``V1 = [V0 | V~]``, so ``U1 S~ V1^T = U1 U1^T W0 V1 V1^T = W0``, and nothing else
+        moved in between (the K- and L-steps only change the bases): the second pass
+        would evaluate exactly the network of the first. Its gradients are therefore
+        formed from the first pass's: every other parameter keeps its gradient, and
+        ``dL/dS~ = U1^T dL/dW V1`` has the blocks ``U0^T G V0`` (captured), ``U~^T G_K``,
+        ``G_L^T V~`` and ``(dY U~)^T (X V~)`` (from the captured layer input ``X`` and
+        output gradient ``dY``). The elementwise L1/L2 penalties vanish on the new
+        (zero) blocks of ``S~``, so their gradient is the captured one embedded.
+        (With dropout or batch-norm statistics a real second pass would differ; the
+        models here have neither.)
+        """
+        t0 = time.perf_counter()
+        loss = self._forward_backward(x, y, loss_fn, capture=True, keep_io=True)
+        t0 = self._clock("fwd_bwd", t0)
+        rest_grads = [p.grad for p in self.rest]
+        for p in self.rest:
+            p.grad = None
+        saved = [(l.grad_K, l.grad_L, l.S.grad if l.S.grad is not None else l.grad_S_task, l.captured_io)
+                 for l in self.layers]
+        active = [self._set_kl_grads(i) for i in range(len(self.layers))]
+        for layer in self.layers:
+            layer.S.grad = None
+            layer.captured_io = []
+        self._clip([p for pair in zip(self.K, self.L) for p in pair])
+        self.optimizer.step()                              # K- and L-steps
+        t0 = self._clock("optim", t0)
+        old = []
+        for i, layer in enumerate(self.layers):
+            U0, S0, V0 = layer.U.data, layer.S.data, layer.V.data
+            old.append(U0.shape[1])
+            if not active[i]:
+                continue
+            gk, gl, ds0, io = saved[i]
+            K0, L0 = self._KL0[i]
+            U1, MU = kls_augmented_basis(U0, self.K[i].data, K0)   # [U0 | U~], [I; 0]
+            V1, MV = kls_augmented_basis(V0, self.L[i].data, L0)
+            r0 = U0.shape[1]
+            Ut, Vt = U1[:, r0:], V1[:, r0:]
+            St = kls_coefficients(MU, S0, MV)                  # [[S0, 0], [0, 0]]
+            dS = torch.zeros_like(St)
+            dS[:r0, :r0] = ds0                                 # U0^T G V0 (+ penalty)
+            dS[r0:, :r0] = Ut.T @ gk                           # U~^T G V0
+            dS[:r0, r0:] = (Vt.T @ gl).T                       # U0^T G V~
+            if Ut.shape[1] and Vt.shape[1]:
+                dS[r0:, r0:] = sum((dy @ Ut).T @ (xx @ Vt) for xx, dy in io)  # U~^T G V~
+            self._project(i, MU, MV.T, None, None)
+            fill_augmented_state(self.optimizer, layer.S, self.K[i], self.L[i], Ut, Vt, r0)
+            layer.set_factors(U1, St, V1)
+            layer.S.grad = dS
+        for p, g in zip(self.rest, rest_grads):
+            p.grad = g
+        t0 = self._clock("linalg", t0)
+        self._clip([l.S for l in self.layers] + self.rest)
+        self.optimizer.step()                              # S-step and everything else
+        t0 = self._clock("optim", t0)
+        for i, layer in enumerate(self.layers):
+            if not active[i]:
+                continue
+            r0 = old[i]
+            P, sigma, Q = truncate(layer.S.data, tau=self.tau, absolute=self.tau_absolute,
+                                   min_rank=layer.min_rank, max_rank=layer.max_rank)
+            # S state lives in U1/V1 coordinates; K, L states still in V0/U0 ones (U1 = [U0 | U~]).
+            self._project(i, P.T, Q, Q[:r0], P[:r0])
+            layer.set_factors(rotate_basis(layer.U.data[:, :r0], layer.U.data[:, r0:], P), torch.diag(sigma),
+                              rotate_basis(layer.V.data[:, :r0], layer.V.data[:, r0:], Q))
+            self._sigma[i] = sigma
+        self._clock("linalg", t0)
+        for layer in self.layers:
+            layer.keep_io = False
+        return loss
+
+    def _reorthonormalise(self) -> None:
+        """``U = Q_U R_U``, ``V = Q_V R_V``, ``S <- R_U S R_V^T``: same ``W``, fresh orthonormal bases."""
+        for layer in self.layers:
+            layer.reorthonormalise()
+        self._sigma = [None] * len(self.layers)
+
+    # ------------------------------------------------------------------ epochs & state
+
+    def end_epoch(self, epoch: int) -> dict[str, Any]:
+        """Per-epoch metrics: ranks (current, min, max per layer), orthonormality error, timings.
+
+        Also performs the ``then_fixed`` switch to fixed-rank training.
+        """
+        ranks = {name: {"rank": layer.rank, "min": lo, "max": hi}
+                 for name, layer, lo, hi in zip(self.names, self.layers, self._rank_lo, self._rank_hi)}
+        # Measured in float64: a float32 Gram of a 784-row basis has ~1e-6 rounding of its own.
+        orth = max(max(orthonormality_error(l.U.detach().double()), orthonormality_error(l.V.detach().double()))
+                   for l in self.layers)
+        out = {"ranks": ranks, "orth_error": orth, "time_linalg": self.timings["linalg"],
+               "time_fwd_bwd": self.timings["fwd_bwd"], "time_optim": self.timings["optim"],
+               "adaptive": self.adaptive}
+        if self.then_fixed and self.adaptive and self.epochs is not None and epoch + 1 == self.epochs - self.then_fixed:
+            self.adaptive = False
+            for layer in self.layers:
+                layer.augments = self.integrator == "parallel"
+        self._reset_epoch_stats()
+        return out
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"optimizer": self.optimizer.state_dict(), "steps": self.steps, "adaptive": self.adaptive,
+                "rank_lo": list(self._rank_lo), "rank_hi": list(self._rank_hi)}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.optimizer.load_state_dict(state["optimizer"])
+        self._sigma = [None] * len(self.layers)
+        self.steps = int(state["steps"])
+        self.adaptive = bool(state.get("adaptive", self.adaptive))
+        for layer in self.layers:
+            layer.augments = self.adaptive or self.integrator == "parallel"
+        self._rank_lo = [int(v) for v in state.get("rank_lo", self._rank_lo)]
+        self._rank_hi = [int(v) for v in state.get("rank_hi", self._rank_hi)]

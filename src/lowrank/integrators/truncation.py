@@ -1,0 +1,85 @@
+"""Rank truncation of a DLRT core (design §2.5, last bullet).
+
+``P, sigma, Q = svd(S)``; the new rank ``r1`` is the smallest with
+``||sigma[r1:]||_2 <= theta``, ``theta = tau ||sigma||_2`` (relative, the default) or
+``theta = tau`` (absolute), clamped to ``[min_rank, max_rank]``. A fixed rank skips
+the rule. The truncated factors are ``P[:, :r1]``, ``sigma[:r1]``, ``Q[:, :r1]``, so
+``S ~= P_r diag(sigma_r) Q_r^T`` is the best rank-``r1`` approximation (Eckart-Young).
+"""
+
+from __future__ import annotations
+
+import torch
+
+from ..errors import TrainingDivergedError
+from ..linalg import rank_for_tolerance
+
+__all__ = ["truncate", "select_rank", "robust_svd"]
+
+
+def select_rank(sigma: torch.Tensor, tau: float, *, absolute: bool = False, min_rank: int = 1,
+                max_rank: int | None = None) -> int:
+    """The truncation rank of singular values ``sigma`` (descending) by the rule above."""
+    if absolute:
+        r1 = rank_for_tolerance(sigma, tau)
+    else:
+        # Compare sigma / ||sigma|| with tau: one host sync instead of two.
+        norm = torch.linalg.vector_norm(sigma).clamp_min(torch.finfo(sigma.dtype).tiny)
+        r1 = rank_for_tolerance(sigma / norm, tau)
+    hi = sigma.numel() if max_rank is None else min(max_rank, sigma.numel())
+    return max(min(r1, hi), min(min_rank, hi))
+
+
+def truncate(S: torch.Tensor, *, rank: int | None = None, tau: float = 0.0, absolute: bool = False,
+             min_rank: int = 1, max_rank: int | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``P_r (a, r1)``, ``sigma_r (r1,)``, ``Q_r (b, r1)`` of the core ``S (a, b)``.
+
+    ``rank`` given: keep exactly ``min(rank, min(a, b))`` singular values (fixed-rank
+    integrators). Otherwise choose ``r1`` by :func:`select_rank`.
+    """
+    p, sigma, qh = robust_svd(S)                               # (a, s), (s,), (s, b)
+    if rank is None:
+        r1 = select_rank(sigma, tau, absolute=absolute, min_rank=min_rank, max_rank=max_rank)
+    else:
+        r1 = min(rank, sigma.numel())
+    p, q = p[:, :r1], qh[:r1].T
+    if S.dtype != torch.float64:
+        # A float32 SVD returns singular vectors orthonormal only to ~k eps (2e-6 for k = 40);
+        # the integrator rotates the bases by them every step, so that error would pile up
+        # (~1e-5 after ten steps). Re-orthonormalising them in float64 (a small QR; a float64
+        # SVD would cost twice the float32 one at large k) leaves ~eps.
+        p, q = _orthonormal64(p), _orthonormal64(q)
+    return p, sigma[:r1], q
+
+
+def robust_svd(S: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``torch.linalg.svd(S, full_matrices=False)``, falling back when LAPACK fails to converge.
+
+    float32 ``gesdd`` occasionally reports non-convergence on cores with large blocks of
+    (nearly) repeated singular values, which the augmented cores of DLRT have by
+    construction. Fallbacks: the float64 SVD, then the eigendecomposition of ``S^T S``
+    in float64 (always converges; ``P = orth(S Q)``). Non-finite input is a divergence.
+    """
+    try:
+        return torch.linalg.svd(S, full_matrices=False)
+    except torch.linalg.LinAlgError:
+        if not bool(torch.isfinite(S).all()):
+            raise TrainingDivergedError(f"the DLRT core S ({tuple(S.shape)}) became non-finite; "
+                                        f"try a smaller learning rate or gradient clipping") from None
+    s64 = S.double()
+    try:
+        p, sigma, qh = torch.linalg.svd(s64, full_matrices=False)
+    except torch.linalg.LinAlgError:
+        lam, q = torch.linalg.eigh(s64.T @ s64)                # ascending
+        lam, q = lam.flip(0)[:min(S.shape)], q.flip(1)[:, :min(S.shape)]
+        sigma = lam.clamp_min(0).sqrt()
+        p = _orthonormal64(s64 @ q)                            # (a, s); S q_i = sigma_i p_i
+        qh = q.T
+    return p.to(S.dtype), sigma.to(S.dtype), qh.to(S.dtype)
+
+
+def _orthonormal64(a: torch.Tensor) -> torch.Tensor:
+    """``a``'s nearest-by-QR orthonormal columns, computed in float64, in ``a``'s dtype (diag(R) > 0, so ~= a)."""
+    q, r = torch.linalg.qr(a.double())
+    sign = torch.sign(torch.diagonal(r))
+    return (q * torch.where(sign == 0, torch.ones_like(sign), sign)).to(a.dtype)

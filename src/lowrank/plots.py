@@ -1,0 +1,222 @@
+"""The report's figures, drawn with matplotlib's object API (no pyplot state, no display).
+
+Every function takes plain Python data (no database, no files) and returns a
+:class:`matplotlib.figure.Figure` whose axes are all labelled; :func:`to_png`
+turns one into PNG bytes. Curves are passed as :class:`Series`.
+"""
+
+from __future__ import annotations
+
+import io
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+
+__all__ = ["Series", "to_png", "curves", "confusion_grid", "rank_evolution", "pareto", "xy_lines",
+           "heatmap", "palette"]
+
+DPI = 100
+MARKERS = ["o", "s", "^", "D", "v", "P", "X", "*", "h", "<", ">", "p"]
+
+
+@dataclass
+class Series:
+    """One labelled line: ``x`` against ``y`` (``None`` values are skipped)."""
+
+    label: str
+    x: Sequence[float]
+    y: Sequence[float | None]
+    style: dict = field(default_factory=dict)
+
+
+def palette(n: int) -> list[str]:
+    """``n`` distinct colours (tab10, then tab20 beyond ten)."""
+    from matplotlib import colormaps
+
+    cmap = colormaps["tab10" if n <= 10 else "tab20"]
+    return [cmap(i % cmap.N) for i in range(n)]
+
+
+def to_png(fig: Figure) -> bytes:
+    """PNG bytes of ``fig``."""
+    FigureCanvasAgg(fig)
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=DPI)
+    return buf.getvalue()
+
+
+def _clean(xs: Sequence[float], ys: Sequence[float | None]) -> tuple[list[float], list[float]]:
+    pairs = [(x, y) for x, y in zip(xs, ys) if y is not None and not (isinstance(y, float) and math.isnan(y))]
+    return [p[0] for p in pairs], [p[1] for p in pairs]
+
+
+def curves(runs: Sequence[tuple[str, dict[str, Sequence[float | None]]]], *, keys: Sequence[tuple[str, str]],
+           ylabel: str, title: str, log: bool = False) -> Figure:
+    """Per-run lines against the epoch, one panel per key (e.g. train loss | test loss).
+
+    ``runs`` is ``[(label, {"epoch": [...], key: [...], ...})]``; ``keys`` is
+    ``[(key, panel name)]``. Panels share the y axis; one legend (a colour per run).
+    """
+    from matplotlib.lines import Line2D
+
+    fig = Figure(figsize=(4.6 * len(keys) + 2.6, 4.0), layout="constrained")
+    axes = fig.subplots(1, len(keys), sharey=True, squeeze=False)[0]
+    colours = palette(len(runs))
+    for ax, (key, name) in zip(axes, keys):
+        for colour, marker, (label, cols) in zip(colours, MARKERS * len(runs), runs):
+            x, y = _clean([e + 1 for e in cols["epoch"]], cols.get(key, []))
+            if y:
+                ax.plot(x, y, color=colour, marker=marker, markersize=3.5, linewidth=1.3)
+        ax.set_xlabel("epoch")
+        ax.set_title(name, fontsize=10)
+        ax.grid(alpha=0.3)
+        if log:
+            ax.set_yscale("log")
+        _integer_ticks(ax)
+    axes[0].set_ylabel(ylabel)
+    axes[-1].tick_params(labelleft=True)
+    fig.suptitle(title, fontsize=11)
+    handles = [Line2D([], [], color=c, marker=m, markersize=4, label=label)
+               for c, m, (label, _) in zip(colours, MARKERS * len(runs), runs)]
+    fig.legend(handles=handles, fontsize=8, loc="outside right upper", frameon=False)
+    return fig
+
+
+def confusion_grid(mats: Sequence[tuple[str, Sequence[Sequence[int]]]], *, ncols: int = 3) -> Figure:
+    """One confusion matrix per run (rows: true class, columns: predicted), as row percentages."""
+    n = len(mats)
+    ncols = max(1, min(ncols, n))
+    nrows = math.ceil(n / ncols)
+    fig = Figure(figsize=(3.6 * ncols, 3.5 * nrows), layout="constrained")
+    for i, (label, mat) in enumerate(mats):
+        ax = fig.add_subplot(nrows, ncols, i + 1)
+        k = len(mat)
+        rows = [[v / max(1, sum(r)) * 100 for v in r] for r in mat]
+        ax.imshow(rows, cmap="Blues", vmin=0, vmax=100)
+        if k <= 12:
+            for t in range(k):
+                for p in range(k):
+                    v = rows[t][p]
+                    if v >= 1:
+                        ax.text(p, t, f"{v:.0f}", ha="center", va="center", fontsize=6,
+                                color="white" if v > 50 else "black")
+            ax.set_xticks(range(k))
+            ax.set_yticks(range(k))
+            ax.tick_params(labelsize=6)
+        ax.set_xlabel("predicted class")
+        ax.set_ylabel("true class")
+        ax.set_title(label, fontsize=9)
+    fig.suptitle("Confusion matrices (% of each true class)", fontsize=10)
+    return fig
+
+
+def rank_evolution(runs: Sequence[tuple[str, Sequence[Series]]], *, ncols: int = 2) -> Figure:
+    """One panel per run: each layer's rank against the epoch (caps dotted, if given)."""
+    n = len(runs)
+    ncols = max(1, min(ncols, n))
+    nrows = math.ceil(n / ncols)
+    fig = Figure(figsize=(4.8 * ncols, 3.4 * nrows), layout="constrained")
+    for i, (label, layers) in enumerate(runs):
+        ax = fig.add_subplot(nrows, ncols, i + 1)
+        top = 1.0
+        for colour, s in zip(palette(len(layers)), layers):
+            x, y = _clean(s.x, s.y)
+            ax.plot(x, y, marker="o", markersize=3, color=colour, label=s.label, **s.style)
+            top = max([top, *y])
+        ax.set_ylim(0, top * 1.15 + 1)
+        ax.set_xlabel("epoch (0: initial rank)")
+        ax.set_ylabel("rank")
+        ax.set_title(label, fontsize=9)
+        ax.grid(alpha=0.3)
+        _integer_ticks(ax, y=True)
+        ax.legend(fontsize=7)
+    fig.suptitle("Rank of each layer at the end of each epoch", fontsize=10)
+    return fig
+
+
+def pareto(points: Sequence[tuple[str, float, float]], *, xlabel: str, ylabel: str, title: str,
+           log_x: bool = True) -> Figure:
+    """Scatter of ``(label, x, y)``, labelled, with the front of points no other beats in both
+    (smaller ``x``, larger ``y``) joined by a line."""
+    fig = Figure(figsize=(7.0, 4.4), layout="constrained")
+    ax = fig.add_subplot()
+    for colour, marker, (label, x, y) in zip(palette(len(points)), MARKERS * len(points), points):
+        ax.scatter([x], [y], color=colour, marker=marker, s=42, zorder=3, label=label)
+    front = pareto_front([(x, y) for _, x, y in points])
+    if len(front) > 1:
+        ax.plot([p[0] for p in front], [p[1] for p in front], "-", color="grey", alpha=0.6, zorder=2,
+                label="Pareto front")
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    if log_x and points and min(p[1] for p in points) > 0:
+        ax.set_xscale("log")
+    ax.grid(alpha=0.3, which="both")
+    if points:
+        ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)
+    return fig
+
+
+def pareto_front(points: Sequence[tuple[float, float]]) -> list[tuple[float, float]]:
+    """Points not dominated by another with smaller-or-equal ``x`` and larger ``y``, by ``x``."""
+    front: list[tuple[float, float]] = []
+    for x, y in sorted(points, key=lambda p: (p[0], -p[1])):
+        if not front or y > front[-1][1]:
+            front.append((x, y))
+    return front
+
+
+def xy_lines(series: Sequence[Series], *, xlabel: str, ylabel: str, title: str, log_x: bool = False) -> Figure:
+    """Several labelled lines on one pair of axes (accuracy against k, against LoRA rank ...)."""
+    fig = Figure(figsize=(6.4, 4.0), layout="constrained")
+    ax = fig.add_subplot()
+    for colour, s in zip(palette(len(series)), series):
+        x, y = _clean(s.x, s.y)
+        ax.plot(x, y, marker="o", markersize=4, color=colour, label=s.label, **s.style)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    if log_x:
+        ax.set_xscale("log")
+    ax.grid(alpha=0.3)
+    if series:
+        ax.legend(fontsize=8)
+    return fig
+
+
+def heatmap(values: Sequence[Sequence[float | None]], *, xticks: Sequence[str], yticks: Sequence[str],
+            xlabel: str, ylabel: str, title: str, fmt: str = "{:.1f}") -> Figure:
+    """A value grid (rows = ``yticks``, columns = ``xticks``), each cell annotated; ``None`` is blank."""
+    nx, ny = len(xticks), len(yticks)
+    fig = Figure(figsize=(max(3.6, 0.9 * nx + 2.0), max(2.8, 0.5 * ny + 1.6)), layout="constrained")
+    ax = fig.add_subplot()
+    nan = float("nan")
+    grid = [[nan if v is None else float(v) for v in row] for row in values]
+    finite = [v for row in grid for v in row if not math.isnan(v)]
+    im = ax.imshow(grid, cmap="viridis", aspect="auto",
+                   vmin=min(finite) if finite else 0, vmax=max(finite) if finite else 1)
+    lo, hi = (min(finite), max(finite)) if finite else (0.0, 1.0)
+    for i, row in enumerate(grid):
+        for j, v in enumerate(row):
+            if not math.isnan(v):
+                light = hi == lo or (v - lo) / (hi - lo) < 0.6
+                ax.text(j, i, fmt.format(v), ha="center", va="center", fontsize=8,
+                        color="white" if light else "black")
+    ax.set_xticks(range(nx), [str(t) for t in xticks], fontsize=7, rotation=30 if nx > 4 else 0)
+    ax.set_yticks(range(ny), [str(t) for t in yticks], fontsize=7)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title, fontsize=9)
+    fig.colorbar(im, ax=ax, shrink=0.8)
+    return fig
+
+
+def _integer_ticks(ax, y: bool = False) -> None:
+    from matplotlib.ticker import MaxNLocator
+
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    if y:
+        ax.yaxis.set_major_locator(MaxNLocator(integer=True))

@@ -1,0 +1,240 @@
+"""DLRT integrators: one step equals the algorithm's formulas evaluated densely in float64;
+orthonormality, rank caps, basis augmentation, truncation and optimizer-state projection."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from lowrank.config import OptimConfig
+from lowrank.integrators import DLRTStepper, augment_basis, transform_state, truncate
+from lowrank.layers.dlrt import DLRTLinear
+from lowrank.linalg import orthonormality_error, rank_for_tolerance
+
+LR = 0.05
+F64 = torch.float64
+
+
+def tiny_model(m: int = 7, n: int = 6, r: int = 2, c: int = 3, seed: int = 0, dtype=F64) -> nn.Sequential:
+    torch.manual_seed(seed)
+    return nn.Sequential(DLRTLinear(m, n, r, dtype=dtype, max_rank=min(m, n)), nn.Tanh(), nn.Linear(n, c, dtype=dtype))
+
+
+def batch(m: int = 7, c: int = 3, seed: int = 1, dtype=F64) -> tuple[torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(16, m, generator=g, dtype=dtype), torch.randn(16, c, generator=g, dtype=dtype)
+
+
+# ----------------------------------------------------------------------------- float64 reference
+
+def dense_grads(W, b, W2, b2, x, y, l2=0.0):
+    """dL/dW, dL/db, dL/dW2, dL/db2 of the dense network (the reference forms dL/dW explicitly)."""
+    ps = [t.detach().clone().requires_grad_() for t in (W, b, W2, b2)]
+    loss = F.mse_loss(torch.tanh(x @ ps[0].T + ps[1]) @ ps[2].T + ps[3], y)
+    # l2 * ||S||^2 = l2 * ||W||^2 for orthonormal bases; the dense output layer's weight too.
+    loss = loss + l2 * (ps[0] ** 2).sum() + l2 * (ps[2] ** 2).sum()
+    return torch.autograd.grad(loss, ps)
+
+
+def orth(a: torch.Tensor, tol: float = 1e-10) -> torch.Tensor:
+    """Orthonormal basis of range(a) (rank-revealing, via SVD)."""
+    u, s, _ = torch.linalg.svd(a, full_matrices=False)
+    return u[:, : int((s > tol * max(1.0, float(s[0]) if s.numel() else 1.0)).sum())]
+
+
+def truncate_ref(S: torch.Tensor, rank: int | None, tau: float, r_min: int, r_max: int):
+    P, s, Qh = torch.linalg.svd(S)
+    if rank is None:
+        rank = max(r_min, min(r_max, rank_for_tolerance(s, tau * float(torch.linalg.vector_norm(s)))))
+    return P[:, :rank], s[:rank], Qh[:rank].T
+
+
+def reference_step(model: nn.Sequential, x, y, integrator: str, adaptive: bool, tau: float = 0.1, l2: float = 0.0):
+    """(W1, b1, W2', b2') after one SGD step of the integrator, from the design's formulas."""
+    layer, out = model[0], model[2]
+    U0, S0, V0, b0 = (t.detach().clone() for t in (layer.U, layer.S, layer.V, layer.bias))
+    W2, b2 = out.weight.detach().clone(), out.bias.detach().clone()
+    W0 = U0 @ S0 @ V0.T
+    Gw, gb, gW2, gb2 = dense_grads(W0, b0, W2, b2, x, y, l2)
+    K1 = U0 @ S0 - LR * Gw @ V0
+    L1 = V0 @ S0.T - LR * Gw.T @ U0
+    r = S0.shape[0]
+    if integrator == "kls":
+        if adaptive:
+            U1, V1 = orth(torch.cat([K1, U0], 1)), orth(torch.cat([L1, V0], 1))
+        else:
+            U1, V1 = torch.linalg.qr(K1)[0], torch.linalg.qr(L1)[0]
+        St = (U1.T @ U0) @ S0 @ (V1.T @ V0).T
+        Gt, gb, gW2, gb2 = dense_grads(U1 @ St @ V1.T, b0, W2, b2, x, y, l2)
+        S1 = St - LR * U1.T @ Gt @ V1
+        if adaptive:
+            P, s, Q = truncate_ref(S1, None, tau, layer.min_rank, layer.max_rank)
+            U1, S1, V1 = U1 @ P, torch.diag(s), V1 @ Q
+        W1 = U1 @ S1 @ V1.T
+    else:
+        S1 = S0 - LR * U0.T @ Gw @ V0
+        Ut = orth(K1 - U0 @ (U0.T @ K1))
+        Vt = orth(L1 - V0 @ (V0.T @ L1))
+        Sh = torch.zeros(r + Ut.shape[1], r + Vt.shape[1], dtype=F64)
+        Sh[:r, :r], Sh[:r, r:], Sh[r:, :r] = S1, L1.T @ Vt, Ut.T @ K1
+        P, s, Q = truncate_ref(Sh, None if adaptive else r, tau, layer.min_rank, layer.max_rank)
+        W1 = torch.cat([U0, Ut], 1) @ P @ torch.diag(s) @ (torch.cat([V0, Vt], 1) @ Q).T
+    return W1, b0 - LR * gb, W2 - LR * gW2, b2 - LR * gb2
+
+
+@pytest.mark.parametrize("integrator", ["kls", "parallel"])
+@pytest.mark.parametrize("adaptive", [False, True])
+@pytest.mark.parametrize("shape", [(7, 6, 2), (9, 5, 3)])  # (9, 5, 3): 2r > n, augmentation is capped
+def test_one_sgd_step_matches_formulas(integrator: str, adaptive: bool, shape: tuple[int, int, int]) -> None:
+    m, n, r = shape
+    model = tiny_model(m, n, r)
+    x, y = batch(m)
+    expected = reference_step(model, x, y, integrator, adaptive)
+    stepper = DLRTStepper(model, OptimConfig(optimizer="sgd", lr=LR), integrator=integrator, adaptive=adaptive,
+                          tau=0.1)
+    loss = stepper.step(x, y, F.mse_loss)
+    layer = model[0]
+    got = (layer.dense_weight().detach(), layer.bias.detach(), model[2].weight.detach(), model[2].bias.detach())
+    for g, e in zip(got, expected):
+        torch.testing.assert_close(g, e, atol=1e-10, rtol=1e-10)
+    assert loss.shape == () and not loss.requires_grad
+    assert orthonormality_error(layer.U) < 1e-12 and orthonormality_error(layer.V) < 1e-12
+
+
+@pytest.mark.parametrize("integrator", ["kls", "parallel"])
+@pytest.mark.parametrize("adaptive", [False, True])
+def test_l2_penalty_reaches_k_and_l(integrator: str, adaptive: bool) -> None:
+    model = tiny_model()
+    x, y = batch()
+    expected = reference_step(model, x, y, integrator, adaptive, l2=0.01)
+    stepper = DLRTStepper(model, OptimConfig(optimizer="sgd", lr=LR, l2=0.01), integrator=integrator,
+                          adaptive=adaptive, tau=0.1)
+    stepper.step(x, y, F.mse_loss)
+    torch.testing.assert_close(model[0].dense_weight().detach(), expected[0], atol=1e-10, rtol=1e-10)
+    torch.testing.assert_close(model[2].weight.detach(), expected[2], atol=1e-10, rtol=1e-10)
+
+
+@pytest.mark.parametrize("integrator", ["kls", "parallel"])
+@pytest.mark.parametrize("optimizer", ["sgd", "adam", "adamw"])
+def test_fixed_rank_steps_keep_bases_orthonormal_float32(integrator: str, optimizer: str) -> None:
+    torch.manual_seed(0)
+    model = nn.Sequential(DLRTLinear(40, 30, 5), nn.ReLU(), nn.Linear(30, 4))
+    x, y = torch.randn(64, 40), torch.randint(0, 4, (64,))
+    cfg = OptimConfig(optimizer=optimizer, lr=0.01, momentum=0.9 if optimizer == "sgd" else 0.0, clip=4.0)
+    stepper = DLRTStepper(model, cfg, integrator=integrator)
+    for _ in range(30):
+        stepper.step(x, y, F.cross_entropy)
+        layer = model[0]
+        assert layer.rank == 5
+        assert orthonormality_error(layer.U) <= 1e-5 and orthonormality_error(layer.V) <= 1e-5
+
+
+@pytest.mark.parametrize("integrator", ["kls", "parallel"])
+def test_adaptive_ranks_respect_caps(integrator: str) -> None:
+    torch.manual_seed(0)
+    model = nn.Sequential(DLRTLinear(40, 30, 4, min_rank=3, max_rank=7), nn.ReLU(), nn.Linear(30, 4))
+    x, y = torch.randn(64, 40), torch.randint(0, 4, (64,))
+    # tau = 0 keeps every direction: the rank grows and must stop at max_rank ...
+    stepper = DLRTStepper(model, OptimConfig(optimizer="adam", lr=0.01), integrator=integrator, adaptive=True, tau=0.0)
+    seen = set()
+    for _ in range(6):
+        stepper.step(x, y, F.cross_entropy)
+        seen.add(model[0].rank)
+    assert max(seen) == 7 and min(seen) >= 3
+    # ... and a huge tolerance truncates everything: the rank must stop at min_rank.
+    stepper.tau = 0.99
+    for _ in range(3):
+        stepper.step(x, y, F.cross_entropy)
+    assert model[0].rank == 3
+    stats = stepper.end_epoch(0)["ranks"]["0"]
+    assert stats == {"rank": 3, "min": 3, "max": 7}
+
+
+def test_augment_basis_fast_and_fallback_paths() -> None:
+    torch.manual_seed(0)
+    U0 = torch.linalg.qr(torch.randn(50, 6, dtype=F64))[0]
+    K1 = U0 @ torch.randn(6, 6, dtype=F64) + 1e-3 * torch.randn(50, 6, dtype=F64)
+    for k1 in (K1, U0 @ torch.randn(6, 6, dtype=F64), torch.zeros(50, 6, dtype=F64)):  # generic, in-span, zero
+        Ut, R = augment_basis(U0, k1)
+        assert Ut.shape == (50, 6)
+        full = torch.cat([U0, Ut], 1)
+        assert orthonormality_error(full) < 1e-12
+        torch.testing.assert_close(Ut.T @ k1, R, atol=1e-12, rtol=0)
+        # span [U0 | U~] contains K1
+        torch.testing.assert_close(full @ (full.T @ k1), k1, atol=1e-12, rtol=0)
+    small = torch.linalg.qr(torch.randn(8, 6, dtype=F64))[0]
+    Ut, R = augment_basis(small, torch.randn(8, 6, dtype=F64))  # only 2 new directions fit
+    assert Ut.shape == (8, 2) and R.shape == (2, 6)
+
+
+def test_truncate_rule() -> None:
+    S = torch.diag(torch.tensor([10.0, 5.0, 1.0, 0.1, 0.01], dtype=F64))
+    P, s, Q = truncate(S, tau=0.05)
+    assert s.numel() == rank_for_tolerance(torch.diag(S), 0.05 * float(torch.linalg.vector_norm(torch.diag(S))))
+    assert s.numel() == 3
+    assert truncate(S, tau=0.05, max_rank=2)[1].numel() == 2
+    assert truncate(S, tau=0.99, min_rank=2)[1].numel() == 2
+    assert truncate(S, tau=1.05, absolute=True)[1].numel() == 2   # ||(1, .1, .01)|| = 1.005 <= 1.05
+    assert truncate(S, rank=4)[1].numel() == 4
+    torch.testing.assert_close(P @ torch.diag(s) @ Q.T, torch.diag(torch.tensor([10.0, 5.0, 1.0, 0, 0], dtype=F64)))
+
+
+def test_transform_state_linear_and_squared() -> None:
+    p = nn.Parameter(torch.zeros(3, 3))
+    opt = torch.optim.Adam([p])
+    p.grad = torch.randn(3, 3)
+    opt.step()
+    m, v = opt.state[p]["exp_avg"].clone(), opt.state[p]["exp_avg_sq"].clone()
+    A, B = torch.randn(5, 3), torch.randn(3, 2)
+    transform_state(opt, p, A, B)
+    st = opt.state[p]
+    torch.testing.assert_close(st["exp_avg"], A @ m @ B)
+    torch.testing.assert_close(st["exp_avg_sq"], (A * A) @ v @ (B * B))
+    assert st["exp_avg_sq"].shape == (5, 2) and bool((st["exp_avg_sq"] >= 0).all())
+    assert float(st["step"]) == 1.0
+
+
+def test_optimizer_state_follows_rank_changes() -> None:
+    for integrator in ("kls", "parallel"):
+        torch.manual_seed(0)
+        model = nn.Sequential(DLRTLinear(40, 30, 4, max_rank=10), nn.ReLU(), nn.Linear(30, 4))
+        x, y = torch.randn(64, 40), torch.randint(0, 4, (64,))
+        stepper = DLRTStepper(model, OptimConfig(optimizer="adam", lr=0.02), integrator=integrator,
+                              adaptive=True, tau=1e-3)
+        ranks = set()
+        for _ in range(15):
+            stepper.step(x, y, F.cross_entropy)
+            layer = model[0]
+            r = layer.rank
+            ranks.add(r)
+            for p, shape in ((stepper.K[0], (30, r)), (stepper.L[0], (40, r)), (layer.S, (r, r))):
+                st = stepper.optimizer.state[p]
+                assert st["exp_avg"].shape == shape and st["exp_avg_sq"].shape == shape
+                assert bool((st["exp_avg_sq"] >= 0).all())
+        assert len(ranks) > 1, f"{integrator}: the rank never changed ({ranks}); the test proves nothing"
+
+
+@pytest.mark.parametrize("failures", [1, 2])
+def test_truncation_survives_svd_non_convergence(monkeypatch, failures: int) -> None:
+    import lowrank.integrators.truncation as T
+
+    real, calls = torch.linalg.svd, []
+
+    def flaky(a, *args, **kw):
+        calls.append(a.dtype)
+        if len(calls) <= failures:
+            raise torch.linalg.LinAlgError("linalg.svd: The algorithm failed to converge")
+        return real(a, *args, **kw)
+
+    S = torch.diag(torch.tensor([3.0, 2.0, 1.0, 0.5])) + 0.01 * torch.randn(4, 4)
+    expected = real(S.double())
+    monkeypatch.setattr(T.torch.linalg, "svd", flaky)
+    P, s, Q = truncate(S, rank=2)
+    torch.testing.assert_close(s.double(), expected[1][:2], atol=1e-5, rtol=0)
+    torch.testing.assert_close((P @ torch.diag(s) @ Q.T).double(),
+                               expected[0][:, :2] @ torch.diag(expected[1][:2]) @ expected[2][:2], atol=1e-5, rtol=0)
+    monkeypatch.setattr(T.torch.linalg, "svd", lambda *a, **k: (_ for _ in ()).throw(torch.linalg.LinAlgError("x")))
+    with pytest.raises(Exception, match="non-finite"):
+        truncate(torch.full((3, 3), float("nan")), rank=1)
