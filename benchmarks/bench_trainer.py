@@ -115,15 +115,18 @@ def component_costs(cfg: TrainConfig, data: Splits, rounds: int = 30, block: int
             idx = perm[b * b_:(b + 1) * b_]
             stepper.step(x[idx], y[idx], F.cross_entropy)
 
-    def loop(s: int) -> None:  # the trainer's loop body around the step, with memory sampling
+    def loop_body(s: int) -> None:  # the trainer's loop body around the step
         total = torch.zeros((), device=device, dtype=torch.float64)
+        for b in range(s, s + block):
+            idx = perm[b * b_:(b + 1) * b_]
+            loss = stepper.step(x[idx], y[idx], F.cross_entropy)
+            total += loss * len(idx)
+            if not torch.isfinite(loss):
+                raise RuntimeError("diverged")
+
+    def loop(s: int) -> None:  # ... inside the trainer's memory sampling, as in train.py
         with PeakMemory(device):
-            for b in range(s, s + block):
-                idx = perm[b * b_:(b + 1) * b_]
-                loss = stepper.step(x[idx], y[idx], F.cross_entropy)
-                total += loss * len(idx)
-                if not torch.isfinite(loss):
-                    raise RuntimeError("diverged")
+            loop_body(s)
 
     def pen(s: int) -> None:
         for _ in range(block):
@@ -136,7 +139,8 @@ def component_costs(cfg: TrainConfig, data: Splits, rounds: int = 30, block: int
             if not torch.isfinite(one):
                 raise RuntimeError
 
-    variants = {"bare step": bare, "Stepper.step": step, "trainer loop body + PeakMemory": loop,
+    variants = {"bare step": bare, "Stepper.step": step, "trainer loop body": loop_body,
+                "trainer loop body + PeakMemory": loop,
                 "penalty() alone": pen, "loss sum + isfinite alone": bookkeeping}
     times: dict[str, list[float]] = {k: [] for k in variants}
     last = len(x) // b_ - block

@@ -168,7 +168,8 @@ class DLRTStepper(Stepper):
                 layer.capture(True, keep_io)
         try:
             loss = loss_fn(self.model(x), y)
-            (loss + penalty(self.model, self.cfg)).backward()
+            extra = penalty(self.model, self.cfg)
+            (loss + extra if torch.is_tensor(extra) else loss).backward()  # no add node without a penalty
         finally:
             if capture:
                 for layer in self.layers:

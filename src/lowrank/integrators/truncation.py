@@ -17,6 +17,10 @@ from ..linalg import rank_for_tolerance
 __all__ = ["truncate", "select_rank", "robust_svd"]
 
 
+#: Cores up to this size are decomposed in float64 (see :func:`truncate`).
+FLOAT64_SVD_UP_TO = 128
+
+
 def select_rank(sigma: torch.Tensor, tau: float, *, absolute: bool = False, min_rank: int = 1,
                 max_rank: int | None = None) -> int:
     """The truncation rank of singular values ``sigma`` (descending) by the rule above."""
@@ -37,19 +41,22 @@ def truncate(S: torch.Tensor, *, rank: int | None = None, tau: float = 0.0, abso
     ``rank`` given: keep exactly ``min(rank, min(a, b))`` singular values (fixed-rank
     integrators). Otherwise choose ``r1`` by :func:`select_rank`.
     """
-    p, sigma, qh = robust_svd(S)                               # (a, s), (s,), (s, b)
+    # A float32 SVD returns singular vectors orthonormal only to ~k eps (2e-6 for k = 40);
+    # the integrator rotates the bases by them every step, so that error would pile up
+    # (~1e-5 after ten steps). Small cores are therefore decomposed in float64 (LAPACK
+    # latency dominates there, so it costs about the same); large ones in float32, whose
+    # kept singular vectors are then re-orthonormalised in float64 (a QR of (k, r1) is much
+    # cheaper than a float64 SVD of (k, k)).
+    small = S.dtype == torch.float64 or max(S.shape) <= FLOAT64_SVD_UP_TO
+    p, sigma, qh = robust_svd(S.double() if small else S)     # (a, s), (s,), (s, b)
     if rank is None:
         r1 = select_rank(sigma, tau, absolute=absolute, min_rank=min_rank, max_rank=max_rank)
     else:
         r1 = min(rank, sigma.numel())
     p, q = p[:, :r1], qh[:r1].T
-    if S.dtype != torch.float64:
-        # A float32 SVD returns singular vectors orthonormal only to ~k eps (2e-6 for k = 40);
-        # the integrator rotates the bases by them every step, so that error would pile up
-        # (~1e-5 after ten steps). Re-orthonormalising them in float64 (a small QR; a float64
-        # SVD would cost twice the float32 one at large k) leaves ~eps.
+    if not small:
         p, q = _orthonormal64(p), _orthonormal64(q)
-    return p, sigma[:r1], q
+    return p.to(S.dtype), sigma[:r1].to(S.dtype), q.to(S.dtype)
 
 
 def robust_svd(S: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
