@@ -38,6 +38,7 @@ import torch
 import torch.nn.functional as F
 
 from lowrank.config import DataConfig, MethodConfig, OptimConfig, TrainConfig
+from lowrank.stepper import make_optimizer
 from lowrank.data import Splits, load_dataset
 from lowrank.store import Store
 from lowrank.train import build_model, fit
@@ -46,7 +47,7 @@ TARGET = 1.10
 
 
 def config(device: str, train_size: int | None) -> TrainConfig:
-    return TrainConfig(data=DataConfig(dataset="fashion-mnist", train_size=train_size or None), optim=OptimConfig(optimizer="adam", lr=1e-3),
+    return TrainConfig(data=DataConfig(dataset="fashion-mnist", train_size=train_size or None), optim=OptimConfig(optimizer="adam", lr=1e-3, schedule="constant"),
                        method=MethodConfig(method="dense"), layers=[784, 256, 128, 10], batch_size=64,
                        epochs=1, seed=0, device=device)
 
@@ -60,7 +61,7 @@ def bare_epoch(cfg: TrainConfig, data: Splits) -> float:
     """Seconds of one epoch of the plainest loop over the same batches (data already on the device)."""
     device = torch.device(cfg.device)
     model = build_model(cfg, data).to(device)
-    opt = torch.optim.Adam(model.parameters(), lr=cfg.optim.lr)
+    opt = make_optimizer(model.parameters(), cfg.optim)  # the same torch.optim.Adam settings as the trainer
     x, y = data.train.x.to(device), data.train.y.to(device)
     n = len(x)
     perm = torch.randperm(n, generator=torch.Generator().manual_seed(cfg.seed)).to(device)
@@ -99,7 +100,7 @@ def component_costs(cfg: TrainConfig, data: Splits, rounds: int = 30, block: int
     perm = torch.randperm(len(x), generator=torch.Generator().manual_seed(cfg.seed)).to(device)
     b_ = cfg.batch_size
     m_bare = build_model(cfg, data).to(device)
-    opt = torch.optim.Adam(m_bare.parameters(), lr=cfg.optim.lr)
+    opt = make_optimizer(m_bare.parameters(), cfg.optim)
     stepper = Stepper(build_model(cfg, data).to(device), cfg.optim)
     one = torch.ones((), device=device)
 
