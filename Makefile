@@ -13,7 +13,7 @@ run: install
 	OMP_WAIT_POLICY=$${OMP_WAIT_POLICY:-PASSIVE} $(PY) -m lowrank compare
 
 test: install
-	$(PY) -m pytest tests -q -p no:cacheprovider
+	$(PY) -m pytest tests -p no:cacheprovider
 
 bench: install
 	$(PY) benchmarks/run_all.py
