@@ -1,19 +1,23 @@
 """Shared glue for the methods that convert layers: config -> :func:`lowrank.convert.convert` call,
-and rebuilding a stepper's optimizer when the model's parameters were replaced."""
+rebuilding a stepper's optimizer when the model's parameters were replaced, and loading a
+dense base model ("train from pruned", LoRA's frozen base) from a checkpoint."""
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
 from ..config import TrainConfig
+from ..errors import CheckpointError
 from ..convert import convert, select
 from ..stepper import Stepper, make_optimizer
 
-__all__ = ["convert_by_config", "trainable", "optimizer_is_stale", "rebuild_optimizer", "replace_param"]
+__all__ = ["convert_by_config", "load_base_weights", "trainable", "optimizer_is_stale", "rebuild_optimizer", "replace_param"]
 
 
 def convert_by_config(model: nn.Module, cfg: TrainConfig, method: str,
@@ -63,3 +67,42 @@ def replace_param(optimizer: torch.optim.Optimizer, old: torch.Tensor, new: torc
     if state is not None:
         optimizer.state[new] = {k: v.index_select(-1, idx) if torch.is_tensor(v) and v.shape == old.shape else v
                                 for k, v in state.items()}
+
+
+def _dense_state(path: str) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """The dense ``state_dict`` stored at ``path``: a lowrank checkpoint (low-rank layers are
+    merged back to dense) or a plain ``torch.save``d state_dict."""
+    from ..checkpoint import read_checkpoint
+
+    p = Path(path)
+    if not p.exists():
+        raise CheckpointError(f"base_checkpoint {path} does not exist")
+    try:
+        payload: dict[str, Any] = read_checkpoint(p)
+    except CheckpointError:
+        try:
+            payload = {"model": torch.load(p if p.is_file() else p / "checkpoint.pt", map_location="cpu",
+                                           weights_only=True)}
+        except Exception as e:
+            raise CheckpointError(f"base_checkpoint {path}: neither a lowrank checkpoint nor a state_dict "
+                                  f"({type(e).__name__})") from None
+    state = payload.get("model")
+    if not isinstance(state, dict):
+        raise CheckpointError(f"base_checkpoint {path} holds no model state_dict")
+    return state, payload.get("structure") or {}
+
+
+def load_base_weights(model: nn.Module, path: str) -> nn.Module:
+    """Load the dense weights of ``path`` into the dense ``model`` (in place) and return it."""
+    state, struct = _dense_state(path)
+    if struct:
+        # A low-rank checkpoint: rebuild its layers on a copy, load, merge back to dense.
+        from ..checkpoint import load_model
+        from ..convert import merge
+
+        state = merge(load_model(copy.deepcopy(model), {"model": state, "structure": struct})).state_dict()
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as e:
+        raise CheckpointError(f"base_checkpoint {path} does not fit the model: {str(e).splitlines()[0]}") from None
+    return model

@@ -5,9 +5,8 @@ from __future__ import annotations
 from torch import nn
 
 from ..config import TrainConfig
-from ..convert import merge, restore_structure
 from ..stepper import Stepper
-from ._common import convert_by_config
+from ._common import convert_by_config, load_base_weights
 
 __all__ = ["prepare", "make_stepper", "DEFAULT_RANK"]
 
@@ -15,25 +14,11 @@ __all__ = ["prepare", "make_stepper", "DEFAULT_RANK"]
 DEFAULT_RANK = 8
 
 
-def load_base(model: nn.Module, path: str) -> nn.Module:
-    """Load ``path``'s weights into ``model`` IN PLACE; a converted checkpoint is merged to dense."""
-    from ..checkpoint import read_checkpoint  # the trainer's module; imported only when needed
-
-    ck = read_checkpoint(path)
-    if ck.get("structure"):
-        restore_structure(model, ck["structure"])
-        model.load_state_dict(ck["model"])
-        merge(model, inplace=True)
-    else:
-        model.load_state_dict(ck["model"])
-    return model
-
-
 def prepare(model: nn.Module, cfg: TrainConfig) -> nn.Module:
     """Optionally load ``base_checkpoint``, freeze every parameter, wrap the targeted Linears
     in :class:`~lowrank.layers.LoRALinear` (``alpha = lora_alpha``): only ``A``, ``B`` train."""
     if cfg.method.base_checkpoint:
-        load_base(model, cfg.method.base_checkpoint)
+        load_base_weights(model, cfg.method.base_checkpoint)
     model.requires_grad_(False)
     return convert_by_config(model, cfg, "lora", lambda n, m: min(DEFAULT_RANK, n, m),
                              alpha=cfg.method.lora_alpha)
