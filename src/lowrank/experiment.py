@@ -81,16 +81,21 @@ def config_paths() -> set[str]:
     return paths
 
 
-def read_toml(path: str | Path) -> dict[str, Any]:
-    """The TOML document at ``path``; a missing or malformed file is a ConfigError naming it."""
+def read_toml(path: str | Path, top_keys: set[str] | frozenset[str] | None = None) -> dict[str, Any]:
+    """The TOML document at ``path``; a missing or malformed file, or (when ``top_keys`` is
+    given) a top-level key outside it, is a ConfigError naming the file and key."""
     path = Path(path)
     try:
         with open(path, "rb") as f:
-            return tomllib.load(f)
+            doc = tomllib.load(f)
     except FileNotFoundError:
         raise ConfigError(f"config file {path} does not exist") from None
     except tomllib.TOMLDecodeError as e:
         raise ConfigError(f"{path} is not valid TOML: {e}") from None
+    for key in doc if top_keys is not None else ():
+        if key not in top_keys:
+            raise ConfigError(f"unknown key {key!r} at the top of {path} (known: {', '.join(sorted(top_keys))})")
+    return doc
 
 
 def apply_overrides(cfg: dict[str, Any], overrides: dict[str, Any], where: str) -> dict[str, Any]:
@@ -129,10 +134,7 @@ def apply_overrides(cfg: dict[str, Any], overrides: dict[str, Any], where: str) 
 def load_experiment(path: str | Path) -> Experiment:
     """Parse and validate the experiment file at ``path`` (every run's config is validated)."""
     path = Path(path)
-    doc = read_toml(path)
-    for key in doc:
-        if key not in _TOP_KEYS:
-            raise ConfigError(f"unknown key {key!r} at the top of {path} (known: {', '.join(sorted(_TOP_KEYS))})")
+    doc = read_toml(path, _TOP_KEYS)
     base_over = doc.get("base", {})
     if not isinstance(base_over, dict):
         raise ConfigError(f"'base' in {path} must be a table")

@@ -97,10 +97,7 @@ def format_value(v: Any) -> str:
 def load_matrix(path: str | Path) -> Matrix:
     """Parse the matrix file at ``path`` and expand its grid (every config validated)."""
     path = Path(path)
-    doc = read_toml(path)
-    for key in doc:
-        if key not in _TOP:
-            raise ConfigError(f"unknown key {key!r} at the top of {path} (known: {', '.join(sorted(_TOP))})")
+    doc = read_toml(path, _TOP)
     axes = doc.get("matrix")
     if not isinstance(axes, dict) or not axes:
         raise ConfigError(f"{path} has no [matrix] table of lists")
