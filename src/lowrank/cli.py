@@ -196,7 +196,7 @@ def cmd_runs(ns: argparse.Namespace) -> int:
         s = r["summary"] or {}
         acc = s.get("test_acc")
         print(f"{r['id']:>4}  {r['status']:11s} {r['method']:10s} {r['dataset']:14s} "
-              f"{len(store.epochs(r['id'])):>6}  {acc if acc is None else f'{acc:.4f}':>8}  {r['name'] or ''}")
+              f"{r['epochs_done']:>6}  {acc if acc is None else f'{acc:.4f}':>8}  {r['name'] or ''}")
     return 0
 
 

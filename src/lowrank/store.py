@@ -157,7 +157,9 @@ class Store:
         if ids:
             where.append(f"id IN ({', '.join('?' * len(ids))})")
             args.extend(int(i) for i in ids)
-        sql = "SELECT * FROM runs" + (" WHERE " + " AND ".join(where) if where else "") + " ORDER BY id"
+        # epochs_done: counted by SQLite in the same query (no per-run round trip for listings).
+        sql = ("SELECT runs.*, (SELECT COUNT(*) FROM epochs WHERE epochs.run_id = runs.id) AS epochs_done"
+               " FROM runs" + (" WHERE " + " AND ".join(where) if where else "") + " ORDER BY id")
         return [_run_dict(r) for r in self.conn.execute(sql, args)]
 
     def epochs(self, run_id: int) -> list[dict[str, Any]]:
