@@ -44,14 +44,33 @@ def orth(a: torch.Tensor, tol: float = 1e-10) -> torch.Tensor:
     return u[:, : int((s > tol * max(1.0, float(s[0]) if s.numel() else 1.0)).sum())]
 
 
-def truncate_ref(S: torch.Tensor, rank: int | None, tau: float, r_min: int, r_max: int):
-    P, s, Qh = torch.linalg.svd(S)
+def truncate_ref(W: torch.Tensor, rank: int | None, tau: float, r_min: int, r_max: int,
+                 outside_sq: float = 0.0, total_sq: float | None = None) -> torch.Tensor:
+    """Best approximation of ``W`` at ``rank``, or at the smallest rank whose discarded energy
+    (plus ``outside_sq``) is at most ``tau^2 total_sq`` (default ``||W||_F^2``), clamped."""
+    P, s, Qh = torch.linalg.svd(W)
     if rank is None:
-        rank = max(r_min, min(r_max, rank_for_tolerance(s, tau * float(torch.linalg.vector_norm(s)))))
-    return P[:, :rank], s[:rank], Qh[:rank].T
+        total_sq = float((s ** 2).sum()) + outside_sq if total_sq is None else total_sq
+        theta = max(tau * tau * total_sq - outside_sq, 0.0) ** 0.5
+        rank = max(r_min, min(r_max, rank_for_tolerance(s, theta)))
+    return P[:, :rank] @ torch.diag(s[:rank]) @ Qh[:rank]
 
 
-def reference_step(model: nn.Sequential, x, y, integrator: str, adaptive: bool, tau: float = 0.1, l2: float = 0.0):
+def power_truncate_ref(W: torch.Tensor, V0: torch.Tensor, rank: int | None, tau: float, r_min: int, r_max: int):
+    """:mod:`lowrank.integrators.power` densely: ``W`` projected onto ``range(W V0)``, then truncated
+    with the energy that projection left out; the exact truncation when an adaptive step's
+    tolerance is exceeded by that energy alone (and the cap allows growth)."""
+    r0 = V0.shape[1]
+    Qy = torch.linalg.qr(W @ V0)[0]
+    M = Qy @ (Qy.T @ W)                        # rank r0: W restricted to range(W V0)
+    total, outside = float((W ** 2).sum()), float((W ** 2).sum() - (M ** 2).sum())
+    if rank is None and r0 < r_max and outside > tau * tau * total:
+        return truncate_ref(W, None, tau, r_min, r_max)
+    return truncate_ref(M, rank, tau, r_min, r_max, outside, total)
+
+
+def reference_step(model: nn.Sequential, x, y, integrator: str, adaptive: bool, tau: float = 0.1, l2: float = 0.0,
+                   truncation: str = "svd"):
     """(W1, b1, W2', b2') after one SGD step of the integrator, from the design's formulas."""
     layer, out = model[0], model[2]
     U0, S0, V0, b0 = (t.detach().clone() for t in (layer.U, layer.S, layer.V, layer.bias))
@@ -61,6 +80,13 @@ def reference_step(model: nn.Sequential, x, y, integrator: str, adaptive: bool, 
     K1 = U0 @ S0 - LR * Gw @ V0
     L1 = V0 @ S0.T - LR * Gw.T @ U0
     r = S0.shape[0]
+
+    def cut(What: torch.Tensor) -> torch.Tensor:
+        rank = None if adaptive else r
+        if truncation == "power":
+            return power_truncate_ref(What, V0, rank, tau, layer.min_rank, layer.max_rank)
+        return truncate_ref(What, rank, tau, layer.min_rank, layer.max_rank)
+
     if integrator == "kls":
         if adaptive:
             U1, V1 = orth(torch.cat([K1, U0], 1)), orth(torch.cat([L1, V0], 1))
@@ -69,31 +95,29 @@ def reference_step(model: nn.Sequential, x, y, integrator: str, adaptive: bool, 
         St = (U1.T @ U0) @ S0 @ (V1.T @ V0).T
         Gt, gb, gW2, gb2 = dense_grads(U1 @ St @ V1.T, b0, W2, b2, x, y, l2)
         S1 = St - LR * U1.T @ Gt @ V1
-        if adaptive:
-            P, s, Q = truncate_ref(S1, None, tau, layer.min_rank, layer.max_rank)
-            U1, S1, V1 = U1 @ P, torch.diag(s), V1 @ Q
-        W1 = U1 @ S1 @ V1.T
+        W1 = cut(U1 @ S1 @ V1.T) if adaptive else U1 @ S1 @ V1.T
     else:
         S1 = S0 - LR * U0.T @ Gw @ V0
         Ut = orth(K1 - U0 @ (U0.T @ K1))
         Vt = orth(L1 - V0 @ (V0.T @ L1))
         Sh = torch.zeros(r + Ut.shape[1], r + Vt.shape[1], dtype=F64)
         Sh[:r, :r], Sh[:r, r:], Sh[r:, :r] = S1, L1.T @ Vt, Ut.T @ K1
-        P, s, Q = truncate_ref(Sh, None if adaptive else r, tau, layer.min_rank, layer.max_rank)
-        W1 = torch.cat([U0, Ut], 1) @ P @ torch.diag(s) @ (torch.cat([V0, Vt], 1) @ Q).T
+        W1 = cut(torch.cat([U0, Ut], 1) @ Sh @ torch.cat([V0, Vt], 1).T)
     return W1, b0 - LR * gb, W2 - LR * gW2, b2 - LR * gb2
 
 
 @pytest.mark.parametrize("integrator", ["kls", "parallel"])
 @pytest.mark.parametrize("adaptive", [False, True])
 @pytest.mark.parametrize("shape", [(7, 6, 2), (9, 5, 3)])  # (9, 5, 3): 2r > n, augmentation is capped
-def test_one_sgd_step_matches_formulas(integrator: str, adaptive: bool, shape: tuple[int, int, int]) -> None:
+@pytest.mark.parametrize("truncation", ["svd", "power"])
+def test_one_sgd_step_matches_formulas(integrator: str, adaptive: bool, shape: tuple[int, int, int],
+                                       truncation: str) -> None:
     m, n, r = shape
     model = tiny_model(m, n, r)
     x, y = batch(m)
-    expected = reference_step(model, x, y, integrator, adaptive)
+    expected = reference_step(model, x, y, integrator, adaptive, truncation=truncation)
     stepper = DLRTStepper(model, OptimConfig(optimizer="sgd", lr=LR), integrator=integrator, adaptive=adaptive,
-                          tau=0.1)
+                          tau=0.1, truncation=truncation)
     loss = stepper.step(x, y, F.mse_loss)
     layer = model[0]
     got = (layer.dense_weight().detach(), layer.bias.detach(), model[2].weight.detach(), model[2].bias.detach())
@@ -108,7 +132,7 @@ def test_one_sgd_step_matches_formulas(integrator: str, adaptive: bool, shape: t
 def test_l2_penalty_reaches_k_and_l(integrator: str, adaptive: bool) -> None:
     model = tiny_model()
     x, y = batch()
-    expected = reference_step(model, x, y, integrator, adaptive, l2=0.01)
+    expected = reference_step(model, x, y, integrator, adaptive, l2=0.01, truncation="power")
     stepper = DLRTStepper(model, OptimConfig(optimizer="sgd", lr=LR, l2=0.01), integrator=integrator,
                           adaptive=adaptive, tau=0.1)
     stepper.step(x, y, F.mse_loss)

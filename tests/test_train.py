@@ -124,3 +124,21 @@ def test_store_transaction_rolls_back(store):
             c.execute("INSERT INTO epochs (run_id, epoch, test_acc) VALUES (?, ?, ?)", (run_id, 0, 0.5))
             raise RuntimeError("boom")
     assert store.epochs(run_id) == []
+
+
+
+def test_store_waits_for_a_database_another_process_is_creating(tmp_path):
+    """A second `lowrank train` opening a new database while the first still creates it (rollback
+    journal, write lock held): SQLite refuses the switch to WAL at once; the store waits instead."""
+    import sqlite3
+    import threading
+
+    db = tmp_path / "shared.db"
+    other = sqlite3.connect(db, isolation_level=None, check_same_thread=False)
+    other.execute("BEGIN IMMEDIATE")
+    other.execute("CREATE TABLE being_created (a)")
+    threading.Timer(0.5, lambda: other.execute("COMMIT")).start()
+    s = Store(db)
+    assert s.create_run(small_cfg().to_dict(), "x") == 1
+    s.close()
+    other.close()

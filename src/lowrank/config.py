@@ -95,6 +95,9 @@ class MethodConfig:
     """dlrt: lower cap on adaptive ranks."""
     max_rank: int | None = None
     """dlrt: upper cap on adaptive ranks (default: min(m, n) // 2)."""
+    truncation: str = "power"
+    """dlrt: power (one block power step from the current bases, then an r x r SVD; the exact SVD
+    when an adaptive step must grow the rank) or svd (always the exact SVD of the 2r x 2r core)."""
     then_fixed: int = 0
     """dlrt: the last N of the epochs run at the ranks the adaptive phase found (adaptive then fixed)."""
     init_decay: float = 1.0
@@ -159,6 +162,8 @@ class TrainConfig:
             raise ConfigError(f"param_ratio must be in (0, 1], got {m.param_ratio}")
         if m.integrator not in ("kls", "parallel"):
             raise ConfigError(f"integrator {m.integrator!r} is not one of kls, parallel")
+        if m.truncation not in ("power", "svd"):
+            raise ConfigError(f"truncation {m.truncation!r} is not one of power, svd")
         if len(self.layers) < 2 or any(s <= 0 for s in self.layers):
             raise ConfigError(f"layers must be at least two positive sizes, got {self.layers}")
         if self.batch_size <= 0 or self.epochs <= 0:

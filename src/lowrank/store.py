@@ -15,6 +15,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from .errors import ConfigError
+
 __all__ = ["Store", "default_db_path", "EPOCH_COLUMNS"]
 
 SCHEMA = """
@@ -76,13 +78,28 @@ class Store:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self.conn = sqlite3.connect(self.path, timeout=60, isolation_level=None)
         self.conn.row_factory = sqlite3.Row
-        self.conn.execute("PRAGMA journal_mode=WAL")
+        self._enable_wal()
         self.conn.execute("PRAGMA foreign_keys=ON")
         self.conn.execute("PRAGMA busy_timeout=60000")
         with self.transaction():
             for statement in SCHEMA.split(";"):
                 if statement.strip():
                     self.conn.execute(statement)
+
+    def _enable_wal(self, attempts: int = 100) -> None:
+        """Switch to write-ahead logging. SQLite answers "database is locked" at once, without
+        waiting for the busy timeout, while another process is creating the same database;
+        so retry for a while, then fail with the path named."""
+        for _ in range(attempts):
+            try:
+                self.conn.execute("PRAGMA journal_mode=WAL")
+                return
+            except sqlite3.OperationalError as e:
+                if "locked" not in str(e):
+                    raise
+                time.sleep(0.05)
+        raise ConfigError(f"results database {self.path} stayed locked by another process; "
+                          f"wait for it or pass another --db")
 
     @contextmanager
     def transaction(self) -> Iterator[sqlite3.Connection]:

@@ -20,6 +20,13 @@ the integrator's gradient, ``optimizer.step()``".
   Rank-adaptive KLS needs no second pass: ``U1 S~ V1^T = W0`` there, so pass 2's
   gradients are formed from pass 1's (see :meth:`DLRTStepper._step_kls_adaptive`).
 
+Truncation (``truncation``): ``"power"`` (default) reduces the augmented weights by one
+block power step warm-started at the current bases and takes the SVD of the resulting
+``r x r`` core (:mod:`.power`; the parallel step then never forms the augmented bases);
+a rank-adaptive step whose tolerance asks for a higher rank falls back to the exact
+path. ``"svd"`` always takes the exact SVD of the ``2r x 2r`` augmented core
+(:mod:`.truncation`), the algorithm as published.
+
 Optimizer state across a change of basis is projected onto the new basis
 (:mod:`.optim_state`), never reset: first moments linearly, second moments by the
 squared maps. Gradient clipping (``cfg.clip``) acts on the gradients one optimizer
@@ -49,11 +56,13 @@ from ..stepper import LossFn, Stepper, make_optimizer, penalty
 from .kls import kls_augmented_basis, kls_coefficients, kls_fixed_basis
 from .optim_state import fill_augmented_state, transform_state
 from .parallel import parallel_augment, rotate_basis
+from .power import core_power_step, needs_exact, parallel_power_step
 from .truncation import truncate
 
-__all__ = ["DLRTStepper", "INTEGRATORS"]
+__all__ = ["DLRTStepper", "INTEGRATORS", "TRUNCATIONS"]
 
 INTEGRATORS = ("kls", "parallel")
+TRUNCATIONS = ("power", "svd")
 
 
 class DLRTStepper(Stepper):
@@ -69,6 +78,7 @@ class DLRTStepper(Stepper):
         tau_absolute: read ``tau`` as an absolute tolerance.
         then_fixed: the last ``then_fixed`` epochs of ``epochs`` run at fixed rank.
         epochs: number of epochs of the run (needed by ``then_fixed``).
+        truncation: ``"power"`` or ``"svd"`` (see the module docstring).
         reorth_every: every this many steps re-orthonormalise ``U``, ``V`` by QR (folding
             the triangular factors into ``S``, so ``W`` is unchanged). Every step rotates
             the bases in float32, adding ~3e-8 of random orthonormality error; this
@@ -78,9 +88,11 @@ class DLRTStepper(Stepper):
     def __init__(self, model: nn.Module, cfg: OptimConfig, total_steps: int = 0, *,
                  integrator: str = "parallel", adaptive: bool = False, tau: float = 0.1,
                  tau_absolute: bool = False, then_fixed: int = 0, epochs: int | None = None,
-                 reorth_every: int = 50):
+                 truncation: str = "power", reorth_every: int = 50):
         if integrator not in INTEGRATORS:
             raise ConfigError(f"integrator {integrator!r} is not one of {', '.join(INTEGRATORS)}")
+        if truncation not in TRUNCATIONS:
+            raise ConfigError(f"truncation {truncation!r} is not one of {', '.join(TRUNCATIONS)}")
         if tau < 0:
             raise ConfigError(f"tau must be >= 0, got {tau}")
         if then_fixed < 0:
@@ -96,6 +108,7 @@ class DLRTStepper(Stepper):
         self.adaptive = bool(adaptive)
         self.tau, self.tau_absolute = float(tau), bool(tau_absolute)
         self.then_fixed, self.epochs = int(then_fixed), epochs
+        self.truncation = truncation
         self.reorth_every = int(reorth_every)
         self.names: list[str] = []
         self.layers: list[DLRTLinear] = []
@@ -133,6 +146,7 @@ class DLRTStepper(Stepper):
 
     def _reset_epoch_stats(self) -> None:
         self.timings = {"fwd_bwd": 0.0, "linalg": 0.0, "optim": 0.0}
+        self.exact_fallbacks = 0
         self._rank_lo = [l.rank for l in self.layers]
         self._rank_hi = [l.rank for l in self.layers]
 
@@ -238,6 +252,8 @@ class DLRTStepper(Stepper):
             if not active[i]:
                 continue
             U0, V0 = old[i]
+            if self.truncation == "power" and self._parallel_power(i, U0, V0):
+                continue
             r0 = U0.shape[1]
             K0, L0 = self._KL0[i]
             Ut, Vt, Sh = parallel_augment(U0, V0, layer.S.data, self.K[i].data, self.L[i].data, K0, L0)  # (Q, D) pairs
@@ -250,6 +266,36 @@ class DLRTStepper(Stepper):
             self._sigma[i] = sigma
         self._clock("linalg", t0)
         return loss
+
+    def _parallel_power(self, i: int, U0: torch.Tensor, V0: torch.Tensor) -> bool:
+        """Layer ``i``'s parallel step truncated by :func:`parallel_power_step`; False (nothing
+        changed) when a rank-adaptive step needs the exact path to grow the rank."""
+        layer, r0 = self.layers[i], U0.shape[1]
+        st = parallel_power_step(U0, V0, layer.S.data, self.K[i].data, self.L[i].data, energies=self.adaptive)
+        if self.adaptive and needs_exact(st, self.tau, self.tau_absolute, r0, layer.max_rank):
+            self.exact_fallbacks += 1
+            return False
+        p, sigma, q = truncate(st.core, rank=None if self.adaptive else r0, tau=self.tau,
+                               absolute=self.tau_absolute, min_rank=layer.min_rank, max_rank=layer.max_rank,
+                               outside_sq=st.outside_sq)
+        Cu, Cv = st.left_overlap @ p, st.right_overlap @ q     # U0^T U1, V0^T V1 (r0, r1)
+        self._project(i, Cu.T, Cv, Cv, Cu)
+        layer.set_factors(st.left @ p, torch.diag(sigma), st.right @ q)
+        self._sigma[i] = sigma
+        return True
+
+    def _truncate_core(self, S: torch.Tensor, r0: int, layer: DLRTLinear
+                       ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """``P (a, r1)``, ``sigma (r1,)``, ``Q (b, r1)`` of a rank-adaptive KLS core whose first ``r0``
+        rows and columns are the old bases' coordinates."""
+        kw = dict(tau=self.tau, absolute=self.tau_absolute, min_rank=layer.min_rank, max_rank=layer.max_rank)
+        if self.truncation == "power":
+            st = core_power_step(S, r0)
+            if not needs_exact(st, self.tau, self.tau_absolute, r0, layer.max_rank):
+                p, sigma, q = truncate(st.core, outside_sq=st.outside_sq, **kw)
+                return st.left @ p, sigma, st.right @ q
+            self.exact_fallbacks += 1
+        return truncate(S, **kw)
 
     def _step_kls(self, x: torch.Tensor, y: torch.Tensor, loss_fn: LossFn) -> torch.Tensor:
         if self.adaptive:
@@ -347,8 +393,7 @@ class DLRTStepper(Stepper):
             if not active[i]:
                 continue
             r0 = old[i]
-            P, sigma, Q = truncate(layer.S.data, tau=self.tau, absolute=self.tau_absolute,
-                                   min_rank=layer.min_rank, max_rank=layer.max_rank)
+            P, sigma, Q = self._truncate_core(layer.S.data, r0, layer)
             # S state lives in U1/V1 coordinates; K, L states still in V0/U0 ones (U1 = [U0 | U~]).
             self._project(i, P.T, Q, Q[:r0], P[:r0])
             layer.set_factors(rotate_basis(layer.U.data[:, :r0], layer.U.data[:, r0:], P), torch.diag(sigma),
@@ -379,7 +424,7 @@ class DLRTStepper(Stepper):
                    for l in self.layers)
         out = {"ranks": ranks, "orth_error": orth, "time_linalg": self.timings["linalg"],
                "time_fwd_bwd": self.timings["fwd_bwd"], "time_optim": self.timings["optim"],
-               "adaptive": self.adaptive}
+               "adaptive": self.adaptive, "exact_fallbacks": self.exact_fallbacks}
         if self.then_fixed and self.adaptive and self.epochs is not None and epoch + 1 == self.epochs - self.then_fixed:
             self.adaptive = False
             for layer in self.layers:

@@ -22,9 +22,17 @@ FLOAT64_SVD_UP_TO = 128
 
 
 def select_rank(sigma: torch.Tensor, tau: float, *, absolute: bool = False, min_rank: int = 1,
-                max_rank: int | None = None) -> int:
-    """The truncation rank of singular values ``sigma`` (descending) by the rule above."""
-    if absolute:
+                max_rank: int | None = None, outside_sq: float = 0.0) -> int:
+    """The truncation rank of singular values ``sigma`` (descending) by the rule above.
+
+    ``outside_sq``: energy of the matrix that ``sigma`` does not describe (a core reduced
+    by :mod:`.power`); it counts towards both the discarded tail and ``||sigma||``.
+    """
+    if outside_sq:
+        total_sq = float(sigma.double().square().sum()) + outside_sq
+        theta_sq = tau * tau * (1.0 if absolute else total_sq)
+        r1 = rank_for_tolerance(sigma, max(theta_sq - outside_sq, 0.0) ** 0.5)
+    elif absolute:
         r1 = rank_for_tolerance(sigma, tau)
     else:
         # Compare sigma / ||sigma|| with tau: one host sync instead of two.
@@ -35,11 +43,12 @@ def select_rank(sigma: torch.Tensor, tau: float, *, absolute: bool = False, min_
 
 
 def truncate(S: torch.Tensor, *, rank: int | None = None, tau: float = 0.0, absolute: bool = False,
-             min_rank: int = 1, max_rank: int | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+             min_rank: int = 1, max_rank: int | None = None,
+             outside_sq: float = 0.0) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """``P_r (a, r1)``, ``sigma_r (r1,)``, ``Q_r (b, r1)`` of the core ``S (a, b)``.
 
     ``rank`` given: keep exactly ``min(rank, min(a, b))`` singular values (fixed-rank
-    integrators). Otherwise choose ``r1`` by :func:`select_rank`.
+    integrators). Otherwise choose ``r1`` by :func:`select_rank` (``outside_sq`` passed on).
     """
     # A float32 SVD returns singular vectors orthonormal only to ~k eps (2e-6 for k = 40);
     # the integrator rotates the bases by them every step, so that error would pile up
@@ -50,7 +59,8 @@ def truncate(S: torch.Tensor, *, rank: int | None = None, tau: float = 0.0, abso
     small = S.dtype == torch.float64 or max(S.shape) <= FLOAT64_SVD_UP_TO
     p, sigma, qh = robust_svd(S.double() if small else S)     # (a, s), (s,), (s, b)
     if rank is None:
-        r1 = select_rank(sigma, tau, absolute=absolute, min_rank=min_rank, max_rank=max_rank)
+        r1 = select_rank(sigma, tau, absolute=absolute, min_rank=min_rank, max_rank=max_rank,
+                         outside_sq=outside_sq)
     else:
         r1 = min(rank, sigma.numel())
     p, q = p[:, :r1], qh[:r1].T

@@ -38,4 +38,5 @@ def prepare(model: nn.Module, cfg: TrainConfig) -> nn.Module:
 def make_stepper(model: nn.Module, cfg: TrainConfig, total_steps: int) -> Stepper:
     mc = cfg.method
     return DLRTStepper(model, cfg.optim, total_steps, integrator=mc.integrator, adaptive=mc.adaptive,
-                       tau=mc.tau, tau_absolute=mc.tau_absolute, then_fixed=mc.then_fixed, epochs=cfg.epochs)
+                       tau=mc.tau, tau_absolute=mc.tau_absolute, then_fixed=mc.then_fixed, epochs=cfg.epochs,
+                       truncation=mc.truncation)
