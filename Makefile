@@ -10,7 +10,7 @@ install:
 	@bash scripts/install.sh
 
 run: install
-	OMP_WAIT_POLICY=$${OMP_WAIT_POLICY:-PASSIVE} $(PY) -m lowrank compare
+	$(PY) -m lowrank compare
 
 test: install
 	$(PY) -m pytest tests -p no:cacheprovider
