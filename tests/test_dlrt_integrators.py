@@ -263,3 +263,14 @@ def test_truncation_survives_svd_non_convergence(monkeypatch, failures: int) -> 
     monkeypatch.setattr(T.torch.linalg, "svd", lambda *a, **k: (_ for _ in ()).throw(torch.linalg.LinAlgError("x")))
     with pytest.raises(Exception, match="non-finite"):
         truncate(torch.full((3, 3), float("nan")), rank=1)
+
+
+@pytest.mark.parametrize("integrator, adaptive, truncation, augments", [
+    ("parallel", False, "power", False), ("parallel", True, "svd", True), ("kls", True, "power", True),
+    ("kls", False, "svd", False)])
+def test_training_accounting_counts_augmented_bases_only_when_formed(integrator, adaptive, truncation, augments):
+    model = tiny_model()
+    DLRTStepper(model, OptimConfig(optimizer="adam"), integrator=integrator, adaptive=adaptive, truncation=truncation)
+    layer = model[0]
+    assert layer.augments is augments
+    assert (layer.training_params() > layer.training_params(augmented=False)) is augments

@@ -122,7 +122,7 @@ class DLRTStepper(Stepper):
             layer.U.requires_grad_(False)
             layer.V.requires_grad_(False)
             layer.S.requires_grad_(True)
-            layer.augments = self.adaptive or integrator == "parallel"
+            layer.augments = self._augments()
         # K (n, r) and L (m, r): held here, not in the model; .data is set at every step.
         self.K = [nn.Parameter(l.U.detach() @ l.S.detach()) for l in self.layers]
         self.L = [nn.Parameter(l.V.detach() @ l.S.detach().T) for l in self.layers]
@@ -143,6 +143,14 @@ class DLRTStepper(Stepper):
         self._reset_epoch_stats()
 
     # ------------------------------------------------------------------ bookkeeping
+
+    def _augments(self) -> bool:
+        """Does a step hold the augmented ``2r`` bases? (for :meth:`DLRTLinear.training_params`)
+        Rank-adaptive KLS always; parallel only with the exact truncation (the power step
+        never forms them, apart from its rare exact fallback)."""
+        if self.integrator == "kls":
+            return self.adaptive
+        return self.truncation == "svd"
 
     def _reset_epoch_stats(self) -> None:
         self.timings = {"fwd_bwd": 0.0, "linalg": 0.0, "optim": 0.0}
@@ -428,7 +436,7 @@ class DLRTStepper(Stepper):
         if self.then_fixed and self.adaptive and self.epochs is not None and epoch + 1 == self.epochs - self.then_fixed:
             self.adaptive = False
             for layer in self.layers:
-                layer.augments = self.integrator == "parallel"
+                layer.augments = self._augments()
         self._reset_epoch_stats()
         return out
 
@@ -442,6 +450,6 @@ class DLRTStepper(Stepper):
         self.steps = int(state["steps"])
         self.adaptive = bool(state.get("adaptive", self.adaptive))
         for layer in self.layers:
-            layer.augments = self.adaptive or self.integrator == "parallel"
+            layer.augments = self._augments()
         self._rank_lo = [int(v) for v in state.get("rank_lo", self._rank_lo)]
         self._rank_hi = [int(v) for v in state.get("rank_hi", self._rank_hi)]
