@@ -55,6 +55,13 @@ class LowRankLayer(nn.Module):
                 lin.bias.copy_(b.detach())
         return lin
 
+    def copy_bias_from(self, linear: nn.Linear) -> None:
+        """Take ``linear``'s bias, if it has one (each ``from_linear``'s last step; the inverse
+        of :meth:`to_dense`'s)."""
+        if linear.bias is not None:
+            with torch.no_grad():
+                self.bias.copy_(linear.bias.detach())
+
     @classmethod
     def count_params(cls, in_features: int, out_features: int, rank: int, bias: bool = True) -> int:
         """Inference weights of a layer of this class with these shapes, without building one

@@ -183,9 +183,7 @@ class DLRTLinear(LowRankLayer):
             v, rv = _qr_positive(v)
             S = ru @ S @ rv.T
         layer.set_factors(u, S, v)
-        if linear.bias is not None:
-            with torch.no_grad():
-                layer.bias.copy_(linear.bias.detach())
+        layer.copy_bias_from(linear)
         return layer
 
     # ------------------------------------------------------------------ interface

@@ -93,8 +93,7 @@ class LowRankLinear(LowRankLayer):
             layer.U.copy_(u)
             layer.S.copy_(torch.diag(s))
             layer.V.copy_(v)
-            if linear.bias is not None:
-                layer.bias.copy_(linear.bias.detach())
+        layer.copy_bias_from(linear)
         return layer
 
     @property

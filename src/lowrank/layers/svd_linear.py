@@ -62,8 +62,7 @@ class SVDLinear(LowRankLayer):
             layer.U.copy_(u)
             layer.s.copy_(s)
             layer.V.copy_(v)
-            if linear.bias is not None:
-                layer.bias.copy_(linear.bias.detach())
+        layer.copy_bias_from(linear)
         return layer
 
     @property

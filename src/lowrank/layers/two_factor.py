@@ -64,8 +64,7 @@ class TwoFactorLinear(LowRankLayer):
         with torch.no_grad():
             layer.W1.copy_(u * root)               # U_l S_l^(1/2): scale columns
             layer.W2.copy_(root[:, None] * v.T)    # S_l^(1/2) V_l^T: scale rows
-            if linear.bias is not None:
-                layer.bias.copy_(linear.bias.detach())
+        layer.copy_bias_from(linear)
         return layer
 
     @property
