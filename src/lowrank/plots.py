@@ -48,6 +48,14 @@ def to_png(fig: Figure) -> bytes:
     return buf.getvalue()
 
 
+def _panels(n: int, ncols: int, size: tuple[float, float]) -> tuple[Figure, list]:
+    """A figure with ``n`` panels of ``size`` inches, at most ``ncols`` to a row, and its axes."""
+    ncols = max(1, min(ncols, n))
+    nrows = math.ceil(n / ncols)
+    fig = Figure(figsize=(size[0] * ncols, size[1] * nrows), layout="constrained")
+    return fig, [fig.add_subplot(nrows, ncols, i + 1) for i in range(n)]
+
+
 def _clean(xs: Sequence[float], ys: Sequence[float | None]) -> tuple[list[float], list[float]]:
     pairs = [(x, y) for x, y in zip(xs, ys) if y is not None and not (isinstance(y, float) and math.isnan(y))]
     return [p[0] for p in pairs], [p[1] for p in pairs]
@@ -87,12 +95,8 @@ def curves(runs: Sequence[tuple[str, dict[str, Sequence[float | None]]]], *, key
 
 def confusion_grid(mats: Sequence[tuple[str, Sequence[Sequence[int]]]], *, ncols: int = 3) -> Figure:
     """One confusion matrix per run (rows: true class, columns: predicted), as row percentages."""
-    n = len(mats)
-    ncols = max(1, min(ncols, n))
-    nrows = math.ceil(n / ncols)
-    fig = Figure(figsize=(3.6 * ncols, 3.5 * nrows), layout="constrained")
-    for i, (label, mat) in enumerate(mats):
-        ax = fig.add_subplot(nrows, ncols, i + 1)
+    fig, axes = _panels(len(mats), ncols, (3.6, 3.5))
+    for ax, (label, mat) in zip(axes, mats):
         k = len(mat)
         rows = [[v / max(1, sum(r)) * 100 for v in r] for r in mat]
         ax.imshow(rows, cmap="Blues", vmin=0, vmax=100)
@@ -115,12 +119,8 @@ def confusion_grid(mats: Sequence[tuple[str, Sequence[Sequence[int]]]], *, ncols
 
 def rank_evolution(runs: Sequence[tuple[str, Sequence[Series]]], *, ncols: int = 2) -> Figure:
     """One panel per run: each layer's rank against the epoch (caps dotted, if given)."""
-    n = len(runs)
-    ncols = max(1, min(ncols, n))
-    nrows = math.ceil(n / ncols)
-    fig = Figure(figsize=(4.8 * ncols, 3.4 * nrows), layout="constrained")
-    for i, (label, layers) in enumerate(runs):
-        ax = fig.add_subplot(nrows, ncols, i + 1)
+    fig, axes = _panels(len(runs), ncols, (4.8, 3.4))
+    for ax, (label, layers) in zip(axes, runs):
         top = 1.0
         for colour, s in zip(palette(len(layers)), layers):
             x, y = _clean(s.x, s.y)
