@@ -35,6 +35,8 @@ from typing import NamedTuple
 
 import torch
 
+from .truncation import tolerance_sq
+
 __all__ = ["PowerStep", "parallel_power_step", "core_power_step", "needs_exact"]
 
 
@@ -108,5 +110,4 @@ def needs_exact(step: PowerStep, tau: float, absolute: bool, rank: int, max_rank
     ``absolute``), so the rule asks for a higher rank, and the cap allows one."""
     if rank >= max_rank:
         return False
-    theta_sq = tau * tau * (1.0 if absolute else step.total_sq)
-    return step.outside_sq > theta_sq
+    return step.outside_sq > tolerance_sq(tau, step.total_sq, absolute)

@@ -14,11 +14,16 @@ import torch
 from ..errors import TrainingDivergedError
 from ..linalg import rank_for_tolerance
 
-__all__ = ["truncate", "select_rank", "robust_svd"]
+__all__ = ["truncate", "select_rank", "tolerance_sq", "robust_svd"]
 
 
 #: Cores up to this size are decomposed in float64 (see :func:`truncate`).
 FLOAT64_SVD_UP_TO = 128
+
+
+def tolerance_sq(tau: float, total_sq: float, absolute: bool = False) -> float:
+    """``theta^2`` of the rule above for a matrix of energy ``total_sq = ||sigma||^2``."""
+    return tau * tau * (1.0 if absolute else total_sq)
 
 
 def select_rank(sigma: torch.Tensor, tau: float, *, absolute: bool = False, min_rank: int = 1,
@@ -29,8 +34,7 @@ def select_rank(sigma: torch.Tensor, tau: float, *, absolute: bool = False, min_
     by :mod:`.power`); it counts towards both the discarded tail and ``||sigma||``.
     """
     if outside_sq:
-        total_sq = float(sigma.double().square().sum()) + outside_sq
-        theta_sq = tau * tau * (1.0 if absolute else total_sq)
+        theta_sq = tolerance_sq(tau, float(sigma.double().square().sum()) + outside_sq, absolute)
         r1 = rank_for_tolerance(sigma, max(theta_sq - outside_sq, 0.0) ** 0.5)
     elif absolute:
         r1 = rank_for_tolerance(sigma, tau)
