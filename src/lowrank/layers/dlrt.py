@@ -28,19 +28,11 @@ import torch
 from torch import nn
 
 from ..errors import RankError
-from ..linalg import check_rank, orthonormal, truncated_svd
+from ..linalg import check_rank, orthonormal, qr_positive, truncated_svd
 from . import register_layer
 from .base import LowRankLayer
 
 __all__ = ["DLRTLinear", "default_max_rank", "reorthonormalise"]
-
-
-def _qr_positive(a: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Reduced QR with ``diag(R) >= 0`` (for an almost orthonormal ``a``: ``Q ~= a``, ``R ~= I``)."""
-    q, r = torch.linalg.qr(a)
-    sign = torch.sign(torch.diagonal(r))
-    sign = torch.where(sign == 0, torch.ones_like(sign), sign)
-    return q * sign, r * sign[:, None]
 
 
 def default_max_rank(in_features: int, out_features: int, rank: int) -> int:
@@ -179,8 +171,8 @@ class DLRTLinear(LowRankLayer):
         if w.dtype != torch.float64:
             # A float32 SVD leaves ||U^T U - I|| ~ 1e-6; re-orthonormalise and fold R into S
             # (W unchanged) so the integrator starts from bases orthonormal to rounding.
-            u, ru = _qr_positive(u)
-            v, rv = _qr_positive(v)
+            u, ru = qr_positive(u)
+            v, rv = qr_positive(v)
             S = ru @ S @ rv.T
         layer.set_factors(u, S, v)
         layer.copy_bias_from(linear)
@@ -297,6 +289,6 @@ class DLRTLinear(LowRankLayer):
 def reorthonormalise(layer: DLRTLinear) -> None:
     """See :meth:`DLRTLinear.reorthonormalise`. Since ``R ~= I`` for bases that are already almost
     orthonormal, coordinates (and an optimizer's state in them) are unchanged to rounding."""
-    qu, ru = _qr_positive(layer.U.data)
-    qv, rv = _qr_positive(layer.V.data)
+    qu, ru = qr_positive(layer.U.data)
+    qv, rv = qr_positive(layer.V.data)
     layer.set_factors(qu, ru @ layer.S.data @ rv.T, qv)
