@@ -3,6 +3,8 @@ checkpoints resume bit for bit, adaptive-then-fixed, clipping, the method's prep
 
 from __future__ import annotations
 
+import time
+
 import pytest
 import torch
 from torch import nn
@@ -174,3 +176,17 @@ def test_train_from_pruned_loads_dense_weights(kind: str, tmp_path) -> None:
     torch.testing.assert_close(model.fc0.dense_weight(), u[:, :5] @ torch.diag(s[:5]) @ vh[:5], atol=1e-5, rtol=0)
     torch.testing.assert_close(model.fc2.weight, dense.fc2.weight)
     torch.testing.assert_close(model.fc0.bias, dense.fc0.bias)
+
+
+def test_phase_clock_splits_time_between_phases() -> None:
+    from lowrank.integrators.phase_clock import PhaseClock
+
+    clock = PhaseClock(("a", "b"))
+    clock.start()
+    time.sleep(0.02)
+    clock.lap("a")
+    clock.lap("b")
+    t = clock.totals
+    assert t["a"] >= 0.02 and t["b"] < t["a"]
+    clock.reset()
+    assert clock.totals == {"a": 0.0, "b": 0.0}

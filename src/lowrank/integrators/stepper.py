@@ -42,7 +42,6 @@ in :meth:`DLRTStepper.end_epoch` when ``epoch + 1 == epochs - N``.
 
 from __future__ import annotations
 
-import time
 from collections.abc import Iterable
 from typing import Any
 
@@ -56,6 +55,7 @@ from ..linalg import orthonormality_error
 from ..stepper import LossFn, Stepper, make_optimizer, penalty
 from .kls import kls_augmented_basis, kls_coefficients, kls_fixed_basis
 from .optim_state import fill_augmented_state, transform_state
+from .phase_clock import PhaseClock
 from .parallel import parallel_augment, rotate_basis
 from .power import core_power_step, needs_exact, parallel_power_step
 from .truncation import truncate
@@ -147,12 +147,11 @@ class DLRTStepper(Stepper):
         self.optimizer = make_optimizer(params + self.rest, cfg)
         self._all_params = params + self.rest
         self._penalised = bool(cfg.l1 or cfg.l2)
-        self._sync = any(p.is_cuda for p in self._all_params)
+        self.clock = PhaseClock(("fwd_bwd", "linalg", "optim"), cuda=any(p.is_cuda for p in self._all_params))
         # Per layer: S's diagonal when S is known to be diagonal (after a truncation), else None;
         # and the K-, L-steps' starting values U0 S0, V0 S0^T of the current step.
         self._sigma: list[torch.Tensor | None] = [None] * len(self.layers)
         self._KL0: list[tuple[torch.Tensor, torch.Tensor] | None] = [None] * len(self.layers)
-        self.timings: dict[str, float] = {}
         self._reset_epoch_stats()
 
     # ------------------------------------------------------------------ bookkeeping
@@ -173,17 +172,16 @@ class DLRTStepper(Stepper):
         return self.adaptive or (self.integrator == "parallel" and self.truncation == "svd")
 
     def _reset_epoch_stats(self) -> None:
-        self.timings = {"fwd_bwd": 0.0, "linalg": 0.0, "optim": 0.0}
+        self.clock.reset()
         self.exact_fallbacks = 0
         self._rank_lo = [l.rank for l in self.layers]
         self._rank_hi = [l.rank for l in self.layers]
 
-    def _clock(self, key: str, t0: float) -> float:
-        if self._sync:
-            torch.cuda.synchronize()
-        t = time.perf_counter()
-        self.timings[key] += t - t0
-        return t
+    @property
+    def timings(self) -> dict[str, float]:
+        """Seconds this epoch in forward/backward (``fwd_bwd``), the optimizer (``optim``) and
+        the integrator's own linear algebra (``linalg``)."""
+        return self.clock.totals
 
     def _track_ranks(self) -> None:
         for i, layer in enumerate(self.layers):
@@ -270,14 +268,14 @@ class DLRTStepper(Stepper):
         return loss
 
     def _step_parallel(self, x: torch.Tensor, y: torch.Tensor, loss_fn: LossFn) -> torch.Tensor:
-        t0 = time.perf_counter()
+        self.clock.start()
         loss = self._forward_backward(x, y, loss_fn, capture=True)
-        t0 = self._clock("fwd_bwd", t0)
+        self.clock.lap("fwd_bwd")
         active = [self._set_kl_grads(i) for i in range(len(self.layers))]
         old = [(l.U.data, l.V.data) for l in self.layers]
         self._clip(self._all_params)
         self.optimizer.step()
-        t0 = self._clock("optim", t0)
+        self.clock.lap("optim")
         for i, layer in enumerate(self.layers):
             if not active[i]:
                 continue
@@ -294,7 +292,7 @@ class DLRTStepper(Stepper):
             self._project(i, Pr.T, Qr, Qr, Pr)
             layer.set_factors(rotate_basis(U0, Ut, P), torch.diag(sigma), rotate_basis(V0, Vt, Q))
             self._sigma[i] = sigma
-        self._clock("linalg", t0)
+        self.clock.lap("linalg")
         return loss
 
     def _parallel_power(self, i: int, U0: torch.Tensor, V0: torch.Tensor) -> bool:
@@ -337,9 +335,9 @@ class DLRTStepper(Stepper):
     def _step_kls(self, x: torch.Tensor, y: torch.Tensor, loss_fn: LossFn) -> torch.Tensor:
         if self.adaptive:
             return self._step_kls_adaptive(x, y, loss_fn)
-        t0 = time.perf_counter()
+        self.clock.start()
         loss = self._forward_backward(x, y, loss_fn, capture=True)
-        t0 = self._clock("fwd_bwd", t0)
+        self.clock.lap("fwd_bwd")
         # Pass 1 moves K and L only: drop every other gradient of this pass.
         for p in self.rest:
             p.grad = None
@@ -348,7 +346,7 @@ class DLRTStepper(Stepper):
             layer.S.grad = None
         self._clip([p for pair in zip(self.K, self.L) for p in pair])
         self.optimizer.step()
-        t0 = self._clock("optim", t0)
+        self.clock.lap("optim")
         for i, layer in enumerate(self.layers):
             if not active[i]:
                 continue
@@ -358,13 +356,13 @@ class DLRTStepper(Stepper):
             self._project(i, MU, MV.T, MV.T, MU.T)
             layer.set_factors(U1, kls_coefficients(MU, S0, MV), V1)
             self._sigma[i] = None
-        t0 = self._clock("linalg", t0)
+        self.clock.lap("linalg")
         # Pass 2 at U1 S~ V1^T: the S-step, and the step of everything else.
         self._forward_backward(x, y, loss_fn, capture=False)
-        t0 = self._clock("fwd_bwd", t0)
+        self.clock.lap("fwd_bwd")
         self._clip([l.S for l in self.layers] + self.rest)
         self.optimizer.step()
-        self._clock("optim", t0)
+        self.clock.lap("optim")
         return loss
 
     def _step_kls_adaptive(self, x: torch.Tensor, y: torch.Tensor, loss_fn: LossFn) -> torch.Tensor:
@@ -382,9 +380,9 @@ class DLRTStepper(Stepper):
         (With dropout or batch-norm statistics a real second pass would differ; the
         models here have neither.)
         """
-        t0 = time.perf_counter()
+        self.clock.start()
         loss = self._forward_backward(x, y, loss_fn, capture=True, keep_io=True)
-        t0 = self._clock("fwd_bwd", t0)
+        self.clock.lap("fwd_bwd")
         rest_grads = [p.grad for p in self.rest]
         for p in self.rest:
             p.grad = None
@@ -396,7 +394,7 @@ class DLRTStepper(Stepper):
             layer.captured_io = []
         self._clip([p for pair in zip(self.K, self.L) for p in pair])
         self.optimizer.step()                              # K- and L-steps
-        t0 = self._clock("optim", t0)
+        self.clock.lap("optim")
         old = []
         for i, layer in enumerate(self.layers):
             U0, S0, V0 = layer.U.data, layer.S.data, layer.V.data
@@ -422,10 +420,10 @@ class DLRTStepper(Stepper):
             layer.S.grad = dS
         for p, g in zip(self.rest, rest_grads):
             p.grad = g
-        t0 = self._clock("linalg", t0)
+        self.clock.lap("linalg")
         self._clip([l.S for l in self.layers] + self.rest)
         self.optimizer.step()                              # S-step and everything else
-        t0 = self._clock("optim", t0)
+        self.clock.lap("optim")
         for i, layer in enumerate(self.layers):
             if not active[i]:
                 continue
@@ -436,7 +434,7 @@ class DLRTStepper(Stepper):
             layer.set_factors(rotate_basis(layer.U.data[:, :r0], layer.U.data[:, r0:], P), torch.diag(sigma),
                               rotate_basis(layer.V.data[:, :r0], layer.V.data[:, r0:], Q))
             self._sigma[i] = sigma
-        self._clock("linalg", t0)
+        self.clock.lap("linalg")
         for layer in self.layers:
             layer.keep_io = False
         return loss
@@ -459,8 +457,9 @@ class DLRTStepper(Stepper):
         # Measured in float64: a float32 Gram of a 784-row basis has ~1e-6 rounding of its own.
         orth = max(max(orthonormality_error(l.U.detach().double()), orthonormality_error(l.V.detach().double()))
                    for l in self.layers)
-        out = {"ranks": ranks, "orth_error": orth, "time_linalg": self.timings["linalg"],
-               "time_fwd_bwd": self.timings["fwd_bwd"], "time_optim": self.timings["optim"],
+        t = self.timings
+        out = {"ranks": ranks, "orth_error": orth, "time_linalg": t["linalg"],
+               "time_fwd_bwd": t["fwd_bwd"], "time_optim": t["optim"],
                "adaptive": self.adaptive, "exact_fallbacks": self.exact_fallbacks}
         if self.then_fixed and self.adaptive and self.epochs is not None and epoch + 1 == self.epochs - self.then_fixed:
             self.adaptive = False
