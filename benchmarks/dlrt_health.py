@@ -1,4 +1,4 @@
-"""Long-run numerical health of DLRT (design §5): 10,000 rank-adaptive Adam steps on Fashion-MNIST.
+"""Long-run numerical health of DLRT (design §5): 10,000 Adam steps on Fashion-MNIST (rank-adaptive or fixed).
 
 Checks, for every DLRT layer: ``||U^T U - I||_F`` and ``||V^T V - I||_F`` <= 1e-5 (float32,
 measured every ``--every`` steps and at the end), no NaN/inf in the loss or the factors,
@@ -7,7 +7,7 @@ ranks alternate between r and 2r step after step; here every rank change is coun
 "flips" (a change undone within 3 steps, the oscillation signature) must be zero. Prints
 the rank trace as runs ``rank x count`` and exits non-zero when a check fails.
 
-    python benchmarks/dlrt_health.py [--steps 10000] [--integrator parallel|kls] [--tau 0.05]
+    python benchmarks/dlrt_health.py [--steps 10000] [--integrator parallel|kls] [--tau 0.05] [--fixed]
 """
 
 from __future__ import annotations
@@ -55,6 +55,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--steps", type=int, default=10_000)
     ap.add_argument("--integrator", choices=["parallel", "kls"], default="parallel")
     ap.add_argument("--tau", type=float, default=0.05)
+    ap.add_argument("--fixed", action="store_true", help="fixed rank --rank instead of rank-adaptive")
     ap.add_argument("--rank", type=int, default=20)
     ap.add_argument("--max-rank", type=int, default=64)
     ap.add_argument("--lr", type=float, default=1e-3)
@@ -65,7 +66,8 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
-    cfg = TrainConfig(method=MethodConfig(method="dlrt", rank=args.rank, integrator=args.integrator, adaptive=True,
+    cfg = TrainConfig(method=MethodConfig(method="dlrt", rank=args.rank, integrator=args.integrator,
+                                          adaptive=not args.fixed,
                                           tau=args.tau, max_rank=args.max_rank),
                       optim=OptimConfig(optimizer="adam", lr=args.lr),
                       layers=[int(s) for s in args.layers.split(",")], batch_size=64)
@@ -107,7 +109,8 @@ def main(argv: list[str] | None = None) -> int:
     with torch.no_grad():
         acc = float((model(data.test.x).argmax(1) == data.test.y).float().mean())
     report = {
-        "steps": args.steps, "integrator": args.integrator, "tau": args.tau, "seconds": elapsed,
+        "steps": args.steps, "integrator": args.integrator, "adaptive": not args.fixed, "tau": args.tau,
+        "seconds": elapsed,
         "worst_orth_error": worst_orth, "worst_orth_at_step": worst_at, "cap_violations": cap_violations,
         "nonfinite": nonfinite, "test_acc": acc,
         "final_loss_mean_last_500": sum(losses[-500:]) / len(losses[-500:]),
@@ -118,7 +121,8 @@ def main(argv: list[str] | None = None) -> int:
     }
     oscillating = sum(rec["flips"] for rec in report["layers"].values())
     ok = worst_orth <= 1e-5 and cap_violations == 0 and nonfinite == 0 and oscillating == 0
-    print(f"{args.steps} steps of {args.integrator} adaptive DLRT (tau {args.tau}, Adam lr {args.lr}) "
+    kind = f"fixed-rank (rank {args.rank})" if args.fixed else f"adaptive (tau {args.tau})"
+    print(f"{args.steps} steps of {args.integrator} {kind} DLRT (Adam lr {args.lr}) "
           f"in {elapsed:.0f} s; test accuracy {acc:.4f}")
     print(f"worst orthonormality error {worst_orth:.2e} (step {worst_at}); cap violations {cap_violations}; "
           f"non-finite {nonfinite}")
