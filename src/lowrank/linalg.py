@@ -39,8 +39,8 @@ def orthonormalize(a: torch.Tensor) -> torch.Tensor:
 
 def _positive_diagonal(r: torch.Tensor) -> torch.Tensor:
     """Signs (+-1, never 0) that make the diagonal of the triangular factor ``r`` non-negative."""
-    sign = torch.sign(torch.diagonal(r))
-    return torch.where(sign == 0, torch.ones_like(sign), sign)
+    d = torch.diagonal(r)
+    return torch.ones_like(d).copysign_(d)
 
 
 def qr_positive(a: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -25,8 +25,8 @@ block power step warm-started at the current bases and takes the SVD of the resu
 ``r x r`` core (:mod:`.power`; the parallel step then never forms the augmented bases);
 a rank-adaptive step whose tolerance asks for a higher rank falls back to the exact
 path. A fixed-rank parallel step needs that SVD only for the optimizer's coordinates
-and takes it every ``diagonalise_every`` steps. ``"svd"`` always takes the exact SVD of the ``2r x 2r`` augmented core
-(:mod:`.truncation`), the algorithm as published.
+and takes it every ``diagonalise_every`` steps. ``"svd"`` always takes the exact SVD of
+the ``2r x 2r`` augmented core (:mod:`.truncation`), the algorithm as published.
 
 Optimizer state across a change of basis is projected onto the new basis
 (:mod:`.optim_state`), never reset: first moments linearly, second moments by the
@@ -55,8 +55,8 @@ from ..linalg import orthonormality_error
 from ..stepper import LossFn, Stepper, make_optimizer, penalty
 from .kls import kls_augmented_basis, kls_coefficients, kls_fixed_basis
 from .optim_state import fill_augmented_state, transform_state
-from .phase_clock import PhaseClock
 from .parallel import parallel_augment, rotate_basis
+from .phase_clock import PhaseClock
 from .power import core_power_step, needs_exact, parallel_power_step
 from .truncation import truncate
 
