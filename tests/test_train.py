@@ -87,6 +87,9 @@ def test_resume_reproduces_uninterrupted_run(store, tmp_path, mnist_small, monke
         assert torch.equal(a, b), k
     assert [r["epoch"] for r in store.epochs(run_id)] == [0, 1, 2]
     assert again.history[-1]["train_loss"] == pytest.approx(full.history[-1]["train_loss"], rel=1e-9)
+    with pytest.raises(CheckpointError, match=rf"run {run_id} has already finished \(3 of 3 epochs\)"):
+        resume(run_id, store=store, data=mnist_small)
+    assert store.run(run_id)["status"] == "finished"
 
 
 def test_nan_loss_stops_and_keeps_last_good_checkpoint(store, tmp_path, mnist_small):
