@@ -30,6 +30,11 @@ def test_train_json_and_runs(tmp_path):
     assert shown["status"] == "finished" and len(shown["epochs"]) == 2
     p = run(["runs"], tmp_path)
     assert "finished" in p.stdout and "mnist" in p.stdout
+    # A finished run has nothing to resume, and resuming never silently drops a changed flag.
+    p = run(["train", "--resume", "1"], tmp_path)
+    assert p.returncode == 2 and "already finished (2 of 2 epochs)" in p.stderr and "Traceback" not in p.stderr
+    p = run(["train", "--resume", "1", "--epochs", "5", "--lr", "0.1"], tmp_path)
+    assert p.returncode == 2 and "--epochs, --lr cannot change it" in p.stderr
 
 
 @pytest.mark.parametrize("args, needle", [

@@ -112,6 +112,11 @@ def cmd_train(ns: argparse.Namespace) -> int:
     progress = sys.stderr.isatty() and not ns.quiet
     try:
         if ns.resume is not None:
+            given = ["--" + k.split(".", 1)[1].replace("_", "-")
+                     for k, v in vars(ns).items() if "." in k and v is not None]
+            if given:
+                raise LowRankError(f"--resume continues run {ns.resume} with its stored config; "
+                                   f"{', '.join(given)} cannot change it (start a new run instead)")
             result = resume(ns.resume, store=store, progress=progress)
         else:
             cfg = config_from_args(ns)
