@@ -24,7 +24,6 @@ from torch.nn import functional as F
 from lowrank import methods
 from lowrank.config import DataConfig, MethodConfig, OptimConfig, TrainConfig
 from lowrank.data import load_dataset
-from lowrank.linalg import orthonormality_error
 from lowrank.models import mlp
 
 
@@ -98,9 +97,7 @@ def main(argv: list[str] | None = None) -> int:
                 cap_violations += 1
         if step % args.every == 0 or step == args.steps:
             for layer in layers:
-                # in float64: the float32 Gram of a 784-row basis has ~1e-6 rounding of its own
-                e = max(orthonormality_error(layer.U.detach().double()),
-                        orthonormality_error(layer.V.detach().double()))
+                e = layer.orthonormality_error()
                 if e > worst_orth:
                     worst_orth, worst_at = e, step
                 if not all(bool(torch.isfinite(t).all()) for t in (layer.U, layer.S, layer.V)):

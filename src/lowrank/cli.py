@@ -49,6 +49,11 @@ def _int_list(text: str) -> list[int]:
         raise argparse.ArgumentTypeError(f"expected comma-separated integers like 784,256,10, got {text!r}")
 
 
+def _flag(field_name: str) -> str:
+    """The command-line flag of a config field: ``max_rank`` -> ``--max-rank``."""
+    return "--" + field_name.replace("_", "-")
+
+
 def _add_dataclass_flags(parser: argparse.ArgumentParser, cls: type, group_name: str) -> None:
     hints = typing.get_type_hints(cls, vars(config_mod))
     docs = _field_docs(cls)
@@ -56,7 +61,7 @@ def _add_dataclass_flags(parser: argparse.ArgumentParser, cls: type, group_name:
     for f in dataclasses.fields(cls):
         if dataclasses.is_dataclass(hints[f.name]):
             continue
-        flag = "--" + f.name.replace("_", "-")
+        flag = _flag(f.name)
         typ = hints[f.name]
         args = typing.get_args(typ)
         if isinstance(typ, types.UnionType) or typing.get_origin(typ) is typing.Union:
@@ -78,7 +83,7 @@ def _add_dataclass_flags(parser: argparse.ArgumentParser, cls: type, group_name:
             if a.dest == "method.method":
                 a.choices = config_mod.METHODS
             if a.dest == "method.integrator":
-                a.choices = ("kls", "parallel")
+                a.choices = config_mod.INTEGRATORS
     if cls is OptimConfig:
         for a in group._group_actions:
             if a.dest == "optim.optimizer":
@@ -112,8 +117,7 @@ def cmd_train(ns: argparse.Namespace) -> int:
     progress = sys.stderr.isatty() and not ns.quiet
     try:
         if ns.resume is not None:
-            given = ["--" + k.split(".", 1)[1].replace("_", "-")
-                     for k, v in vars(ns).items() if "." in k and v is not None]
+            given = [_flag(k.split(".", 1)[1]) for k, v in vars(ns).items() if "." in k and v is not None]
             if given:
                 raise LowRankError(f"--resume continues run {ns.resume} with its stored config; "
                                    f"{', '.join(given)} cannot change it (start a new run instead)")

@@ -14,9 +14,13 @@ from typing import Any
 
 from .errors import ConfigError
 
-__all__ = ["DataConfig", "OptimConfig", "MethodConfig", "TrainConfig", "METHODS"]
+__all__ = ["DataConfig", "OptimConfig", "MethodConfig", "TrainConfig", "METHODS", "INTEGRATORS",
+           "TRUNCATIONS"]
 
 METHODS = ("dense", "vanilla", "twofactor", "svd", "lora", "dlrt")
+#: DLRT integrators and truncations (see :mod:`lowrank.integrators`).
+INTEGRATORS = ("kls", "parallel")
+TRUNCATIONS = ("power", "svd")
 
 
 @dataclass
@@ -160,10 +164,10 @@ class TrainConfig:
             raise ConfigError(f"energy must be in (0, 1], got {m.energy}")
         if m.param_ratio is not None and not 0 < m.param_ratio <= 1:
             raise ConfigError(f"param_ratio must be in (0, 1], got {m.param_ratio}")
-        if m.integrator not in ("kls", "parallel"):
-            raise ConfigError(f"integrator {m.integrator!r} is not one of kls, parallel")
-        if m.truncation not in ("power", "svd"):
-            raise ConfigError(f"truncation {m.truncation!r} is not one of power, svd")
+        if m.integrator not in INTEGRATORS:
+            raise ConfigError(f"integrator {m.integrator!r} is not one of {', '.join(INTEGRATORS)}")
+        if m.truncation not in TRUNCATIONS:
+            raise ConfigError(f"truncation {m.truncation!r} is not one of {', '.join(TRUNCATIONS)}")
         if len(self.layers) < 2 or any(s <= 0 for s in self.layers):
             raise ConfigError(f"layers must be at least two positive sizes, got {self.layers}")
         if self.batch_size <= 0 or self.epochs <= 0:

@@ -125,8 +125,9 @@ def resume(run_id: int, *, store: Store, data: Splits | None = None, progress: b
         raise CheckpointError(f"no run {run_id} in {store.path}; `lowrank runs` lists the runs")
     cfg = TrainConfig.from_dict(row["config"])
     if row["status"] == "finished":
-        raise CheckpointError(f"run {run_id} has already finished ({cfg.epochs} of {cfg.epochs} epochs): nothing to resume "
-                              f"(a run's length is part of its config; start a new run to train longer)")
+        raise CheckpointError(f"run {run_id} has already finished ({cfg.epochs} of {cfg.epochs} epochs): "
+                              f"nothing to resume (a run's length is part of its config; start a new run "
+                              f"to train longer)")
     run_dir = Path(row["run_dir"])
     ckpt_path = run_dir / "checkpoint.pt"
     ckpt = read_checkpoint(ckpt_path) if ckpt_path.exists() else None  # killed before epoch 1: restart

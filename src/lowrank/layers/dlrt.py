@@ -28,7 +28,7 @@ import torch
 from torch import nn
 
 from ..errors import RankError
-from ..linalg import check_rank, orthonormal, qr_positive, truncated_svd
+from ..linalg import check_rank, orthonormal, orthonormality_error, qr_positive, truncated_svd
 from . import register_layer
 from .base import LowRankLayer
 
@@ -247,6 +247,11 @@ class DLRTLinear(LowRankLayer):
         self.U.data = U.contiguous()
         self.S.data = S.contiguous()
         self.V.data = V.contiguous()
+
+    def orthonormality_error(self) -> float:
+        """``max(||U^T U - I||_F, ||V^T V - I||_F)``, measured in float64 (a float32 Gram of a
+        784-row basis has ~1e-6 rounding of its own)."""
+        return max(orthonormality_error(self.U.detach().double()), orthonormality_error(self.V.detach().double()))
 
     def reorthonormalise(self) -> None:
         """``U = Q_U R_U``, ``V = Q_V R_V``, ``S <- R_U S R_V^T``: the same ``W`` on bases orthonormal to rounding."""
