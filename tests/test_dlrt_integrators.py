@@ -11,7 +11,7 @@ from torch.nn import functional as F
 from lowrank.config import OptimConfig
 from lowrank.integrators import DLRTStepper, augment_basis, transform_state, truncate
 from lowrank.layers.dlrt import DLRTLinear
-from lowrank.linalg import orthonormality_error, ql_positive, qr_positive, rank_for_tolerance
+from lowrank.linalg import cholesky_qr2, orthonormality_error, ql_positive, qr_positive, rank_for_tolerance
 
 LR = 0.05
 F64 = torch.float64
@@ -175,6 +175,34 @@ def test_fixed_rank_power_step_keeps_coordinates() -> None:
         assert step % 7 == 0 or (layer.U.detach() - U0).abs().max() < 0.05 and (layer.V.detach() - V0).abs().max() < 0.05
 
 
+def test_power_step_projects_state_only_when_bases_turn(monkeypatch) -> None:
+    """Aligned steps (no SVD, rank unchanged) keep the optimizer state as it is; a step that
+    diagonalises the core (every ``diagonalise_every``-th, or a rank-adaptive step whose rule
+    changes the rank) turns the bases and must project the state onto them."""
+    for adaptive in (False, True):
+        torch.manual_seed(0)
+        model = nn.Sequential(DLRTLinear(40, 30, 8, max_rank=12), nn.ReLU(), nn.Linear(30, 4))
+        x, y = torch.randn(64, 40), torch.randint(0, 4, (64,))
+        stepper = DLRTStepper(model, OptimConfig(optimizer="adam", lr=1e-3), integrator="parallel",
+                              adaptive=adaptive, tau=0.3, diagonalise_every=7)
+        projected = []
+        monkeypatch.setattr(stepper, "_project", lambda *a, **k: projected.append(True))
+        layer, kinds = model[0], set()
+        for step in range(20):
+            r0 = layer.rank
+            if step == 10:
+                stepper.tau = 0.7               # a step that is not a multiple of 7 must drop ranks
+            projected.clear()
+            stepper.step(x, y, F.cross_entropy)
+            S = layer.S.detach()
+            diagonal = bool(torch.triu(S, 1).abs().max() == 0)
+            turned = step % 7 == 0 or layer.rank != r0
+            assert bool(projected) == diagonal == turned, (adaptive, step, r0, layer.rank)
+            kinds.add((turned, layer.rank != r0))
+        assert (False, False) in kinds and (True, False) in kinds
+        assert not adaptive or (True, True) in kinds, "the rank never changed: the test proves nothing"
+
+
 def test_qr_and_ql_with_positive_diagonals() -> None:
     g = torch.Generator().manual_seed(0)
     B = torch.linalg.qr(torch.randn(20, 5, generator=g, dtype=F64))[0]
@@ -189,6 +217,29 @@ def test_qr_and_ql_with_positive_diagonals() -> None:
     q, lo = ql_positive(a)
     torch.testing.assert_close(q @ lo, a)
     assert torch.triu(lo, 1).abs().max() == 0 and bool((torch.diagonal(lo) >= 0).all())
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, F64])
+def test_cholesky_qr2_matches_householder_and_refuses_ill_conditioned(dtype) -> None:
+    g = torch.Generator().manual_seed(0)
+    B = torch.linalg.qr(torch.randn(300, 12, generator=g, dtype=F64))[0]
+    rot = torch.linalg.qr(torch.randn(12, 12, generator=g, dtype=F64))[0]
+    tol = 1e-5 if dtype == torch.float32 else 1e-12
+    for cond in (1.0, 1e2):
+        a = ((B * torch.logspace(0, -torch.log10(torch.tensor(cond)).item(), 12, dtype=F64)) @ rot).to(dtype)
+        q, r = cholesky_qr2(a)
+        q0, r0 = torch.linalg.qr(a.double())
+        sign = torch.sign(torch.diagonal(r0))
+        torch.testing.assert_close(q.double(), q0 * sign, atol=10 * tol * cond, rtol=0)
+        torch.testing.assert_close(r.double(), r0 * sign[:, None], atol=10 * tol * cond, rtol=0)
+        assert orthonormality_error(q.double()) <= tol and torch.triu(r).equal(r) and bool((torch.diagonal(r) > 0).all())
+    # Beyond the accepted spread, and for rank-deficient input, it declines; qr_positive falls back.
+    bad = ((B * torch.logspace(0, -8, 12, dtype=F64)) @ rot).to(dtype)
+    deficient = torch.cat([a[:, :6], a[:, :6]], dim=1)
+    for m in (bad, deficient):
+        assert cholesky_qr2(m) is None
+        q, r = qr_positive(m)
+        torch.testing.assert_close(q @ r, m, atol=tol * 10, rtol=0)
 
 
 @pytest.mark.parametrize("integrator", ["kls", "parallel"])

@@ -15,6 +15,7 @@ __all__ = [
     "orthonormalize",
     "qr_positive",
     "ql_positive",
+    "cholesky_qr2",
     "truncated_svd",
     "rank_for_energy",
     "rank_for_param_ratio",
@@ -46,10 +47,59 @@ def _positive_diagonal(r: torch.Tensor) -> torch.Tensor:
 def qr_positive(a: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Reduced ``a = Q R`` with ``diag(R) >= 0``: a deterministic function of ``a``, and for
     ``a = B T`` with ``B`` orthonormal and ``T`` upper triangular with a positive diagonal
-    it returns ``Q = B`` (the basis ``a``'s columns were built on keeps its coordinates)."""
+    it returns ``Q = B`` (the basis ``a``'s columns were built on keeps its coordinates).
+
+    Tall matrices of moderate condition are factored by CholeskyQR2 (:func:`cholesky_qr2`),
+    matrix products, where that is faster than Householder QR: on a CPU from
+    :data:`CHOLESKY_QR_MIN_COLS` columns (measured on 2 cores, (2048, 205): 8.9 against 12.9 ms;
+    (784, 20): 0.26 against 0.12 ms), on other devices always. The rest by Householder.
+    Both give the same (unique) factors to rounding.
+    """
+    if a.dim() == 2 and a.shape[0] >= 2 * a.shape[1] and \
+            a.shape[1] >= (CHOLESKY_QR_MIN_COLS if a.device.type == "cpu" else 1):
+        qr = cholesky_qr2(a)
+        if qr is not None:
+            return qr
     q, r = torch.linalg.qr(a)
     sign = _positive_diagonal(r)
     return q * sign, r * sign[:, None]
+
+
+#: Fewest columns for which :func:`qr_positive` takes CholeskyQR2 on a CPU (below, LAPACK's
+#: Householder QR is faster: the many small steps of CholeskyQR2 cost more than its flops save).
+CHOLESKY_QR_MIN_COLS = 64
+
+#: Largest ``max diag(R) / min diag(R)`` of the first pass that :func:`cholesky_qr2` accepts,
+#: per dtype (a lower bound on ``cond(a)``; the Gram matrix squares it).
+CHOLESKY_QR_MAX_SPREAD = {torch.float32: 1e3, torch.float64: 1e6}
+
+
+def cholesky_qr2(a: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """``a = Q R`` (``a`` tall, ``diag(R) > 0``) by two passes of ``R_i = chol(Q_i^T Q_i)^T``,
+    ``Q_{i+1} = Q_i R_i^{-1}``, ``R = R_2 R_1``; None when ``a`` is too ill-conditioned for it.
+
+    One pass leaves ``||Q^T Q - I||`` ~ ``eps cond(a)^2``; the second, on a ``Q`` of condition
+    ~1, brings it to ~``eps`` (Fukaya et al., "CholeskyQR2", 2014). Accepted when both
+    Cholesky factorisations succeed and the first ``R``'s diagonal spread is at most
+    :data:`CHOLESKY_QR_MAX_SPREAD` (one host sync); the caller then falls back to Householder.
+    """
+    spread = CHOLESKY_QR_MAX_SPREAD.get(a.dtype)
+    if spread is None:
+        return None
+    eye = torch.eye(a.shape[1], dtype=a.dtype, device=a.device)
+    q, r, ok = a, None, None
+    for _ in range(2):
+        low, info = torch.linalg.cholesky_ex(q.T @ q)          # (r, r): Q_i^T Q_i = low low^T
+        inv = torch.linalg.solve_triangular(low.T, eye, upper=True)
+        q = q @ inv                                            # (n, r)
+        if r is None:
+            d = torch.diagonal(low)
+            ok = (info == 0) & (d.min() * spread >= d.max())
+            r = low.T
+        else:
+            ok = ok & (info == 0)
+            r = low.T @ r
+    return (q, r) if bool(ok) else None
 
 
 def ql_positive(a: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -26,7 +26,7 @@ For the parallel integrator ``W^`` is never formed, nor are the augmented bases:
     X  = W^^T Q_Y = V0 Y^T Q_Y + Z_L C = V0 (R_Y^T - B C) + L1 C,   C = U0^T Q_Y
     ||W^||_F^2 = ||S1||^2 + ||K1||^2 - ||A||^2 + ||L1||^2 - ||B||^2
 
-so a step costs two ``(n, r)`` / ``(m, r)`` QRs and seven ``(n, r) x (r, r)`` products.
+so a step costs two ``(n, r)`` / ``(m, r)`` QRs and six ``(n, r) x (r, r)`` products.
 For SGD, ``S1 = A`` and ``Q_Y = orth(K1)``: the left basis is the KLS one.
 
 Coordinates. ``Y`` is factored as ``Q_Y R_Y`` (QR) and ``X`` as ``Q_X L_X`` (QL: ``L_X``
@@ -58,8 +58,9 @@ class PowerStep(NamedTuple):
     ``left (a, r)``, ``right (b, r)`` orthonormal; ``core (r, r)``; ``total_sq = ||W^||_F^2``;
     ``outside_sq = total_sq - ||core||_F^2``, the energy not captured (>= 0, up to rounding);
     both 0.0 when not asked for (a fixed-rank step needs neither).
-    ``left_overlap = U0^T left`` and ``right_overlap = V0^T right`` (r, r) when the old bases
-    are explicit (parallel step), else None.
+    ``left_overlap = U0^T left`` (r, r) and ``right_core = right @ core^T`` (b, r), the product the
+    power step formed on its way (``X = W^^T Q_Y``), when the old bases are explicit (parallel
+    step), else None.
     """
 
     left: torch.Tensor
@@ -68,7 +69,7 @@ class PowerStep(NamedTuple):
     total_sq: float
     outside_sq: float
     left_overlap: torch.Tensor | None = None
-    right_overlap: torch.Tensor | None = None
+    right_core: torch.Tensor | None = None
 
 
 def _energies(total: torch.Tensor | None, core: torch.Tensor) -> tuple[float, float]:
@@ -84,7 +85,7 @@ def parallel_power_step(U0: torch.Tensor, V0: torch.Tensor, S1: torch.Tensor, K1
     """The parallel integrator's augmented weights ``W^`` (see the module docstring) reduced by one
     block power step from ``V0``: ``U0 (n, r)``, ``V0 (m, r)`` orthonormal; ``S1 (r, r)``,
     ``K1 (n, r)``, ``L1 (m, r)`` the optimizer's results. The core is upper triangular
-    (``L_X^T``). Overlaps ``U0^T left``, ``V0^T right``.
+    (``L_X^T``). Also returns ``U0^T left`` and ``X = right @ core^T``.
     ``energies``: compute ``total_sq`` and ``outside_sq`` (one host sync).
     """
     A = U0.T @ K1                                          # (r, r)
@@ -98,7 +99,7 @@ def parallel_power_step(U0: torch.Tensor, V0: torch.Tensor, S1: torch.Tensor, K1
     if energies:
         total = sum(sign * t.double().square().sum() for sign, t in ((1, S1), (1, K1), (-1, A), (1, L1), (-1, B)))
     total_sq, outside_sq = _energies(total, Lx)
-    return PowerStep(Qy, Lx.T, Qx, total_sq, outside_sq, C, V0.T @ Qx)
+    return PowerStep(Qy, Lx.T, Qx, total_sq, outside_sq, C, X)
 
 
 def core_power_step(S: torch.Tensor, r0: int) -> PowerStep:
