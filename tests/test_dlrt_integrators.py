@@ -11,7 +11,7 @@ from torch.nn import functional as F
 from lowrank.config import OptimConfig
 from lowrank.integrators import DLRTStepper, augment_basis, transform_state, truncate
 from lowrank.layers.dlrt import DLRTLinear
-from lowrank.linalg import cholesky_qr2, orthonormality_error, ql_positive, qr_positive, rank_for_tolerance
+from lowrank.linalg import CHOLESKY_QR_MIN_COLS, cholesky_qr2, orthonormality_error, ql_positive, qr_positive, rank_for_tolerance
 
 LR = 0.05
 F64 = torch.float64
@@ -222,24 +222,26 @@ def test_qr_and_ql_with_positive_diagonals() -> None:
 @pytest.mark.parametrize("dtype", [torch.float32, F64])
 def test_cholesky_qr2_matches_householder_and_refuses_ill_conditioned(dtype) -> None:
     g = torch.Generator().manual_seed(0)
-    B = torch.linalg.qr(torch.randn(300, 12, generator=g, dtype=F64))[0]
-    rot = torch.linalg.qr(torch.randn(12, 12, generator=g, dtype=F64))[0]
+    k = CHOLESKY_QR_MIN_COLS                  # wide enough for qr_positive to take CholeskyQR2
+    B = torch.linalg.qr(torch.randn(3 * k, k, generator=g, dtype=F64))[0]
+    rot = torch.linalg.qr(torch.randn(k, k, generator=g, dtype=F64))[0]
     tol = 1e-5 if dtype == torch.float32 else 1e-12
     for cond in (1.0, 1e2):
-        a = ((B * torch.logspace(0, -torch.log10(torch.tensor(cond)).item(), 12, dtype=F64)) @ rot).to(dtype)
-        q, r = cholesky_qr2(a)
+        a = ((B * torch.logspace(0, -torch.log10(torch.tensor(cond)).item(), k, dtype=F64)) @ rot).to(dtype)
         q0, r0 = torch.linalg.qr(a.double())
         sign = torch.sign(torch.diagonal(r0))
-        torch.testing.assert_close(q.double(), q0 * sign, atol=10 * tol * cond, rtol=0)
-        torch.testing.assert_close(r.double(), r0 * sign[:, None], atol=10 * tol * cond, rtol=0)
-        assert orthonormality_error(q.double()) <= tol and torch.triu(r).equal(r) and bool((torch.diagonal(r) > 0).all())
+        for q, r in (cholesky_qr2(a), qr_positive(a)):
+            torch.testing.assert_close(q.double(), q0 * sign, atol=10 * tol * cond, rtol=0)
+            torch.testing.assert_close(r.double(), r0 * sign[:, None], atol=10 * tol * cond, rtol=0)
+            assert orthonormality_error(q.double()) <= tol and torch.triu(r).equal(r)
     # Beyond the accepted spread, and for rank-deficient input, it declines; qr_positive falls back.
-    bad = ((B * torch.logspace(0, -8, 12, dtype=F64)) @ rot).to(dtype)
-    deficient = torch.cat([a[:, :6], a[:, :6]], dim=1)
+    bad = ((B * torch.logspace(0, -8, k, dtype=F64)) @ rot).to(dtype)
+    deficient = torch.cat([a[:, : k // 2], a[:, : k // 2]], dim=1)
     for m in (bad, deficient):
         assert cholesky_qr2(m) is None
         q, r = qr_positive(m)
         torch.testing.assert_close(q @ r, m, atol=tol * 10, rtol=0)
+        assert orthonormality_error(q.double()) <= 10 * tol
 
 
 @pytest.mark.parametrize("integrator", ["kls", "parallel"])
