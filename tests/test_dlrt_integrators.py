@@ -175,32 +175,36 @@ def test_fixed_rank_power_step_keeps_coordinates() -> None:
         assert step % 7 == 0 or (layer.U.detach() - U0).abs().max() < 0.05 and (layer.V.detach() - V0).abs().max() < 0.05
 
 
-def test_power_step_projects_state_only_when_bases_turn(monkeypatch) -> None:
-    """Aligned steps (no SVD, rank unchanged) keep the optimizer state as it is; a step that
-    diagonalises the core (every ``diagonalise_every``-th, or a rank-adaptive step whose rule
-    changes the rank) turns the bases and must project the state onto them."""
-    for adaptive in (False, True):
-        torch.manual_seed(0)
-        model = nn.Sequential(DLRTLinear(40, 30, 8, max_rank=12), nn.ReLU(), nn.Linear(30, 4))
-        x, y = torch.randn(64, 40), torch.randint(0, 4, (64,))
-        stepper = DLRTStepper(model, OptimConfig(optimizer="adam", lr=1e-3), integrator="parallel",
-                              adaptive=adaptive, tau=0.3, diagonalise_every=7)
-        projected = []
-        monkeypatch.setattr(stepper, "_project", lambda *a, **k: projected.append(True))
-        layer, kinds = model[0], set()
-        for step in range(20):
-            r0 = layer.rank
-            if step == 10:
-                stepper.tau = 0.7               # a step that is not a multiple of 7 must drop ranks
-            projected.clear()
-            stepper.step(x, y, F.cross_entropy)
-            S = layer.S.detach()
-            diagonal = bool(torch.triu(S, 1).abs().max() == 0)
-            turned = step % 7 == 0 or layer.rank != r0
-            assert bool(projected) == diagonal == turned, (adaptive, step, r0, layer.rank)
-            kinds.add((turned, layer.rank != r0))
-        assert (False, False) in kinds and (True, False) in kinds
-        assert not adaptive or (True, True) in kinds, "the rank never changed: the test proves nothing"
+@pytest.mark.parametrize("adaptive", [False, True])
+def test_aligned_steps_keep_state_turning_steps_project_it(monkeypatch, adaptive: bool) -> None:
+    """Aligned steps (no SVD, rank unchanged) keep the optimizer state as it is and move the bases
+    by the step's own size; a step that diagonalises the core (every ``diagonalise_every``-th,
+    or a rank-adaptive step whose rule changes the rank) turns the bases and must project the
+    state onto them."""
+    torch.manual_seed(0)
+    model = nn.Sequential(DLRTLinear(40, 30, 8, max_rank=12), nn.ReLU(), nn.Linear(30, 4))
+    x, y = torch.randn(64, 40), torch.randint(0, 4, (64,))
+    stepper = DLRTStepper(model, OptimConfig(optimizer="adam", lr=1e-3), integrator="parallel",
+                          adaptive=adaptive, tau=0.3, diagonalise_every=7)
+    projected, cores = [], []
+    monkeypatch.setattr(stepper, "_project", lambda *a, **k: projected.append(True))
+    set_factors = stepper._set_factors
+    monkeypatch.setattr(stepper, "_set_factors", lambda i, U, S, V, **k: (cores.append(S.clone()), set_factors(i, U, S, V, **k)))
+    layer, kinds = model[0], set()
+    for step in range(20):
+        r0, U0 = layer.rank, layer.U.detach().clone()
+        if step == 10:
+            stepper.tau = 0.7               # a step that is not a multiple of 7 must drop ranks
+        projected.clear()
+        cores.clear()
+        stepper.step(x, y, F.cross_entropy)
+        diagonal = bool(torch.triu(cores[-1], 1).abs().max() == 0)
+        turned = step % 7 == 0 or layer.rank != r0
+        assert bool(projected) == diagonal == turned, (step, r0, layer.rank)
+        assert turned or (layer.U.detach() - U0).abs().max() < 0.05
+        kinds.add((turned, layer.rank != r0))
+    assert (False, False) in kinds and (True, False) in kinds
+    assert not adaptive or (True, True) in kinds, "the rank never changed: the test proves nothing"
 
 
 def test_qr_and_ql_with_positive_diagonals() -> None:

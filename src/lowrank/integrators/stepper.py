@@ -369,6 +369,9 @@ class DLRTStepper(Stepper):
             if not active[i]:
                 continue
             U0, S0, V0 = layer.U.data, layer.S.data, layer.V.data
+            # The published QR / QR bases, projected state. Aligned QR / QL bases with the state kept
+            # and an SVD every 10th step (as the parallel step does) measured 0.2 points lower
+            # (10 epochs, rank 20, seeds 0-2: 88.35 against 88.57 %) and no faster in one run.
             U1, MU = kls_fixed_basis(U0, self.K[i].data)     # U1 = qr(K1), MU = U1^T U0
             V1, MV = kls_fixed_basis(V0, self.L[i].data)
             self._project(i, MU, MV.T, MV.T, MU.T)
