@@ -11,7 +11,7 @@ from torch.nn import functional as F
 from lowrank.config import OptimConfig
 from lowrank.integrators import DLRTStepper, augment_basis, transform_state, truncate
 from lowrank.layers.dlrt import DLRTLinear
-from lowrank.linalg import CHOLESKY_QR_MIN_COLS, cholesky_qr2, orthonormality_error, ql_positive, qr_positive, rank_for_tolerance
+from lowrank.linalg import CHOLESKY_QR_MIN_COLS, CHOLESKY_QR_MIN_ROWS, cholesky_qr2, orthonormality_error, ql_positive, qr_positive, rank_for_tolerance
 
 LR = 0.05
 F64 = torch.float64
@@ -226,8 +226,8 @@ def test_qr_and_ql_with_positive_diagonals() -> None:
 @pytest.mark.parametrize("dtype", [torch.float32, F64])
 def test_cholesky_qr2_matches_householder_and_refuses_ill_conditioned(dtype) -> None:
     g = torch.Generator().manual_seed(0)
-    k = CHOLESKY_QR_MIN_COLS                  # wide enough for qr_positive to take CholeskyQR2
-    B = torch.linalg.qr(torch.randn(3 * k, k, generator=g, dtype=F64))[0]
+    k = CHOLESKY_QR_MIN_COLS                  # big enough for qr_positive to take CholeskyQR2
+    B = torch.linalg.qr(torch.randn(max(3 * k, CHOLESKY_QR_MIN_ROWS), k, generator=g, dtype=F64))[0]
     rot = torch.linalg.qr(torch.randn(k, k, generator=g, dtype=F64))[0]
     tol = 1e-5 if dtype == torch.float32 else 1e-12
     for cond in (1.0, 1e2):

@@ -49,13 +49,15 @@ def qr_positive(a: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     ``a = B T`` with ``B`` orthonormal and ``T`` upper triangular with a positive diagonal
     it returns ``Q = B`` (the basis ``a``'s columns were built on keeps its coordinates).
 
-    Tall matrices of moderate condition with at least :data:`CHOLESKY_QR_MIN_COLS` columns are
-    factored by CholeskyQR2 (:func:`cholesky_qr2`), matrix products, which is faster there
-    than Householder QR (measured on 2 CPU cores: (2048, 205) 8.9 against 12.9 ms, (784, 20)
-    0.26 against 0.12 ms). The rest by Householder. Both give the same (unique) factors
-    to rounding.
+    Matrices of moderate condition with at least :data:`CHOLESKY_QR_MIN_ROWS` rows and
+    :data:`CHOLESKY_QR_MIN_COLS` columns are factored by CholeskyQR2 (:func:`cholesky_qr2`),
+    matrix products, which is faster there than Householder QR (measured on 2 CPU cores:
+    (2048, 205) 8.9 against 12.9 ms, (2048, 41) 0.56 against 0.79 ms; but (784, 128) 1.64
+    against 1.22 ms, (784, 20) 0.26 against 0.12 ms). The rest by Householder. Both give the
+    same (unique) factors to rounding.
     """
-    if a.dim() == 2 and a.shape[0] >= 2 * a.shape[1] and a.shape[1] >= CHOLESKY_QR_MIN_COLS:
+    rows, cols = a.shape[-2:]
+    if a.dim() == 2 and rows >= max(CHOLESKY_QR_MIN_ROWS, 2 * cols) and cols >= CHOLESKY_QR_MIN_COLS:
         qr = cholesky_qr2(a)
         if qr is not None:
             return qr
@@ -64,10 +66,11 @@ def qr_positive(a: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return q * sign, r * sign[:, None]
 
 
-#: Fewest columns for which :func:`qr_positive` takes CholeskyQR2 (below, LAPACK's Householder
+#: Smallest shape for which :func:`qr_positive` takes CholeskyQR2 (below, LAPACK's Householder
 #: QR is faster on a CPU: the many small steps of CholeskyQR2 cost more than its flops save).
-#: Measured on a CPU only; on a GPU, where cuSOLVER's QR is slow, a lower bound may pay.
-CHOLESKY_QR_MIN_COLS = 64
+#: Measured on a CPU only; on a GPU, where cuSOLVER's QR is slow, lower bounds may pay.
+CHOLESKY_QR_MIN_ROWS = 1024
+CHOLESKY_QR_MIN_COLS = 32
 
 #: Largest ``max diag(R) / min diag(R)`` of the first pass that :func:`cholesky_qr2` accepts,
 #: per dtype (a lower bound on ``cond(a)``; the Gram matrix squares it).
