@@ -33,10 +33,11 @@ the exact SVD of the ``2r x 2r`` augmented core (:mod:`.truncation`), the algori
 Optimizer state across a change of basis is projected onto the new basis
 (:mod:`.optim_state`), never reset: first moments linearly, second moments by the
 squared maps. An aligned step keeps it as it is (its bases turn by ``O(step)``, and
-projecting changed nothing measurable). Gradient clipping (``cfg.clip``) acts on the gradients one optimizer
-call uses: ``K, L, S`` and the rest together for ``parallel``; ``K, L`` in pass 1 and
-``S`` plus the rest in pass 2 for ``kls``. L1/L2 penalties (:func:`~lowrank.stepper.penalty`)
-are added to the loss; their gradient reaches ``S`` by autograd and is lifted to
+projecting changed nothing measurable).
+
+Gradient clipping (``cfg.clip``) acts on the gradients one optimizer call uses: ``K, L, S``
+and the rest together for ``parallel``; ``K, L`` in pass 1 and ``S`` plus the rest in pass 2
+for ``kls``. L1/L2 penalties (:func:`~lowrank.stepper.penalty`) are added to the loss; their gradient reaches ``S`` by autograd and is lifted to
 ``K``, ``L`` as ``U0 dP/dS`` and ``V0 (dP/dS)^T`` (the gradient of ``P(U^T W V)`` in ``W``).
 
 ``then_fixed = N``: the last ``N`` of ``epochs`` run at fixed rank; the switch happens
@@ -327,8 +328,8 @@ class DLRTStepper(Stepper):
         if aligned:
             # U0^T Q_Y = I + O(step), and the same for V: the state, a running average over many
             # steps, is kept in these slowly turning coordinates, as vanilla Adam keeps its own
-            # while U and V drift. (Projecting it changed nothing measurable: 5 epochs, rank 20,
-            # 87.36 / 87.42 % projected vs 87.49 / 87.31 % kept, seeds 0 / 1.)
+            # while U and V drift. (Projecting it changed nothing measurable: 784-256-128-10, rank
+            # 20, 10 epochs, seeds 0-2: 88.35 % test accuracy projected, 88.38 % kept.)
             self._set_factors(i, st.left, st.core, st.right, VSt=st.right_core)
             return True
         p, sigma, q = truncate(st.core, rank=None if self.adaptive else r0, **rule)
