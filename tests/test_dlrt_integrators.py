@@ -11,7 +11,8 @@ from torch.nn import functional as F
 from lowrank.config import OptimConfig
 from lowrank.integrators import DLRTStepper, augment_basis, transform_state, truncate
 from lowrank.layers.dlrt import DLRTLinear
-from lowrank.linalg import CHOLESKY_QR_MIN_COLS, CHOLESKY_QR_MIN_ROWS, cholesky_qr2, orthonormality_error, ql_positive, qr_positive, rank_for_tolerance
+from lowrank.linalg import (CHOLESKY_QR_MIN_COLS, CHOLESKY_QR_MIN_ROWS, cholesky_qr2, orthonormality_error,
+                            ql_positive, qr_positive, rank_for_tolerance)
 
 LR = 0.05
 F64 = torch.float64
@@ -189,7 +190,10 @@ def test_aligned_steps_keep_state_turning_steps_project_it(monkeypatch, adaptive
     projected, cores = [], []
     monkeypatch.setattr(stepper, "_project", lambda *a, **k: projected.append(True))
     set_factors = stepper._set_factors
-    monkeypatch.setattr(stepper, "_set_factors", lambda i, U, S, V, **k: (cores.append(S.clone()), set_factors(i, U, S, V, **k)))
+    def recording(i, U, S, V, **known):
+        cores.append(S.clone())             # S itself is stepped in place later
+        set_factors(i, U, S, V, **known)
+    monkeypatch.setattr(stepper, "_set_factors", recording)
     layer, kinds = model[0], set()
     for step in range(20):
         r0, U0 = layer.rank, layer.U.detach().clone()

@@ -56,8 +56,8 @@ def qr_positive(a: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     against 1.22 ms, (784, 20) 0.26 against 0.12 ms). The rest by Householder. Both give the
     same (unique) factors to rounding.
     """
-    rows, cols = a.shape[-2:]
-    if a.dim() == 2 and rows >= max(CHOLESKY_QR_MIN_ROWS, 2 * cols) and cols >= CHOLESKY_QR_MIN_COLS:
+    rows, cols = a.shape[-2:] if a.dim() == 2 else (0, 0)     # batched input: Householder
+    if rows >= max(CHOLESKY_QR_MIN_ROWS, 2 * cols) and cols >= CHOLESKY_QR_MIN_COLS:
         qr = cholesky_qr2(a)
         if qr is not None:
             return qr

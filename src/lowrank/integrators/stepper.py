@@ -37,8 +37,9 @@ projecting changed nothing measurable).
 
 Gradient clipping (``cfg.clip``) acts on the gradients one optimizer call uses: ``K, L, S``
 and the rest together for ``parallel``; ``K, L`` in pass 1 and ``S`` plus the rest in pass 2
-for ``kls``. L1/L2 penalties (:func:`~lowrank.stepper.penalty`) are added to the loss; their gradient reaches ``S`` by autograd and is lifted to
-``K``, ``L`` as ``U0 dP/dS`` and ``V0 (dP/dS)^T`` (the gradient of ``P(U^T W V)`` in ``W``).
+for ``kls``. L1/L2 penalties (:func:`~lowrank.stepper.penalty`) are added to the loss; their
+gradient reaches ``S`` by autograd and is lifted to ``K``, ``L`` as ``U0 dP/dS`` and
+``V0 (dP/dS)^T`` (the gradient of ``P(U^T W V)`` in ``W``).
 
 ``then_fixed = N``: the last ``N`` of ``epochs`` run at fixed rank; the switch happens
 in :meth:`DLRTStepper.end_epoch` when ``epoch + 1 == epochs - N``.

@@ -12,7 +12,7 @@ from __future__ import annotations
 import torch
 
 from ..errors import TrainingDivergedError
-from ..linalg import rank_for_tolerance
+from ..linalg import qr_positive, rank_for_tolerance
 
 __all__ = ["truncate", "select_rank", "tolerance_sq", "robust_svd"]
 
@@ -101,6 +101,4 @@ def robust_svd(S: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tenso
 
 def _orthonormal64(a: torch.Tensor) -> torch.Tensor:
     """``a``'s nearest-by-QR orthonormal columns, computed in float64, in ``a``'s dtype (diag(R) > 0, so ~= a)."""
-    q, r = torch.linalg.qr(a.double())
-    sign = torch.sign(torch.diagonal(r))
-    return (q * torch.where(sign == 0, torch.ones_like(sign), sign)).to(a.dtype)
+    return qr_positive(a.double())[0].to(a.dtype)
