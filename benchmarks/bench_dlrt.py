@@ -38,8 +38,9 @@ from typing import Any
 import torch
 from torch.nn import functional as F
 
-from lowrank import methods
-from lowrank.config import DataConfig, MethodConfig, OptimConfig, TrainConfig
+from lowrank.run import apply_method, build_stepper
+from lowrank.registry import method_config
+from lowrank.config import DataConfig, OptimConfig, TrainConfig
 from lowrank.models import mlp
 from lowrank.stepper import Stepper
 
@@ -53,7 +54,7 @@ def random_dlrt(cfg: TrainConfig) -> torch.nn.Module:
     """The MLP of ``cfg`` with every hidden Linear a freshly initialised DLRTLinear of rank
     ``cfg.method.rank`` (no SVD of the dense weights: a 2048^2 SVD costs seconds and does not
     change a step's cost)."""
-    from lowrank.layers.dlrt import DLRTLinear
+    from lowrank.methods.dlrt.layer import DLRTLinear
 
     model = mlp(cfg.layers, cfg.activation)
     names = [n for n, m in model.named_modules() if isinstance(m, torch.nn.Linear)][:-1]
@@ -74,8 +75,8 @@ class Runner:
         if fresh_init and cfg.method.method == "dlrt":
             self.model = random_dlrt(cfg).to(device)
         else:
-            self.model = methods.prepare(mlp(cfg.layers, cfg.activation), cfg).to(device)
-        self.stepper: Stepper = methods.make_stepper(self.model, cfg, 0)
+            self.model = apply_method(mlp(cfg.layers, cfg.activation), cfg).to(device)
+        self.stepper: Stepper = build_stepper(self.model, cfg, 0)
         self.perm = torch.randperm(len(x), device=device)
         self.pos = 0
         self.device = device
@@ -133,7 +134,7 @@ def best_seconds(fn: Callable[[], Any], device: torch.device, calls: int = 200, 
 def parallel_floor(layers: list[int], rank: int, device: torch.device) -> dict[str, float]:
     """Seconds per step, summed over the DLRT (hidden) layers of ``layers`` at ``rank``: the two
     Householder QRs of a parallel step's new bases, and the whole power step, each timed alone."""
-    from lowrank.integrators.power import parallel_power_step
+    from lowrank.methods.dlrt.power import parallel_power_step
 
     g = torch.Generator().manual_seed(0)
     qr = power = 0.0
@@ -149,7 +150,7 @@ def parallel_floor(layers: list[int], rank: int, device: torch.device) -> dict[s
 
 
 def cfg_for(method: str, layers: list[int], batch: int, rank: int | None, device: str, **kw: Any) -> TrainConfig:
-    return TrainConfig(method=MethodConfig(method=method, rank=rank, **kw),
+    return TrainConfig(method=method_config(method, rank=rank, **kw),
                        optim=OptimConfig(optimizer="adam", lr=1e-3),
                        layers=layers, batch_size=batch, device=device)
 

@@ -2,7 +2,7 @@
 
 All cases are measured in one run, after warm-up, with torch's default thread count.
 The variants of a case are timed in interleaved rounds; times are medians over rounds and
-ratios (``d/lr`` = dense / LowRankLinear, ``d/2f`` = dense / TwoFactorLinear) are medians
+ratios (``d/lr`` = dense / VanillaLinear, ``d/2f`` = dense / TwoFactorLinear) are medians
 of the per-round ratios. On a CPU shared with other work only the ratios are meaningful;
 with ``--device cuda`` the absolute times are too.
 
@@ -19,7 +19,7 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
-from lowrank.layers import LowRankLinear, TwoFactorLinear
+from lowrank import VanillaLinear, TwoFactorLinear
 
 CASES = [(784, 256, 20), (4096, 4096, 64)]  # (in m, out n, rank r)
 BATCHES = [64, 1024]
@@ -100,7 +100,7 @@ def main() -> None:
     print("-" * len(header))
     for m, n, r in CASES:
         layers = {"dense": nn.Linear(m, n, device=device),
-                  "lowrank": LowRankLinear(m, n, r, device=device),
+                  "lowrank": VanillaLinear(m, n, r, device=device),
                   "twofactor": TwoFactorLinear(m, n, r, device=device)}
         for b in BATCHES:
             x = torch.randn(b, m, device=device)

@@ -37,18 +37,19 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from lowrank.config import DataConfig, MethodConfig, OptimConfig, TrainConfig
-from lowrank.stepper import make_optimizer
+from lowrank.registry import method_config
+from lowrank.config import DataConfig, OptimConfig, TrainConfig
+from lowrank.optimizers import make_optimizer
 from lowrank.data import Splits, load_dataset
 from lowrank.store import Store
-from lowrank.train import build_model, fit
+from lowrank.run import build_model, train_run
 
 TARGET = 1.10
 
 
 def config(device: str, train_size: int | None) -> TrainConfig:
     return TrainConfig(data=DataConfig(dataset="fashion-mnist", train_size=train_size or None), optim=OptimConfig(optimizer="adam", lr=1e-3, schedule="constant"),
-                       method=MethodConfig(method="dense"), layers=[784, 256, 128, 10], batch_size=64,
+                       method=method_config("dense"), layers=[784, 256, 128, 10], batch_size=64,
                        epochs=1, seed=0, device=device)
 
 
@@ -81,7 +82,7 @@ def trainer_epoch(cfg: TrainConfig, data: Splits, tmp: Path) -> tuple[float, flo
     """(recorded epoch time, wall time of the whole fit call) of a one-epoch ``fit``."""
     store = Store(tmp / "bench.sqlite")
     t0 = time.perf_counter()
-    res = fit(cfg, store=store, runs_dir=tmp / "runs", data=data)
+    res = train_run(cfg, store=store, runs_dir=tmp / "runs", data=data)
     wall = time.perf_counter() - t0
     store.close()
     return res.summary["epoch_time"], wall

@@ -21,8 +21,9 @@ import time
 import torch
 from torch.nn import functional as F
 
-from lowrank import methods
-from lowrank.config import DataConfig, MethodConfig, OptimConfig, TrainConfig
+from lowrank.run import apply_method, build_stepper
+from lowrank.registry import method_config
+from lowrank.config import DataConfig, OptimConfig, TrainConfig
 from lowrank.data import load_dataset
 from lowrank.models import mlp
 
@@ -65,15 +66,15 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
-    cfg = TrainConfig(method=MethodConfig(method="dlrt", rank=args.rank, integrator=args.integrator,
+    cfg = TrainConfig(method=method_config("dlrt", rank=args.rank, integrator=args.integrator,
                                           adaptive=not args.fixed,
                                           tau=args.tau, max_rank=args.max_rank),
                       optim=OptimConfig(optimizer="adam", lr=args.lr),
                       layers=[int(s) for s in args.layers.split(",")], batch_size=64)
     data = load_dataset(DataConfig(dataset="fashion-mnist"), seed=0)
     torch.manual_seed(0)
-    model = methods.prepare(mlp(cfg.layers), cfg)
-    stepper = methods.make_stepper(model, cfg, args.steps)
+    model = apply_method(mlp(cfg.layers), cfg)
+    stepper = build_stepper(model, cfg, args.steps)
     names, layers = stepper.names, stepper.layers
     traces: dict[str, list[int]] = {n: [] for n in names}
     worst_orth, worst_at, cap_violations, nonfinite = 0.0, 0, 0, 0

@@ -9,7 +9,7 @@ import pytest
 from lowrank import compare
 from lowrank.errors import ConfigError
 from lowrank.experiment import apply_overrides, load_experiment
-from lowrank.matrix import load_matrix
+from lowrank.sweep_matrix import load_matrix
 from lowrank.store import Store
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -49,7 +49,8 @@ def test_shipped_experiments_load(name):
     exp = load_experiment(ROOT / "configs" / f"{name}.toml")
     assert exp.runs and len({r.label for r in exp.runs}) == len(exp.runs)
     if name == "compare-default":
-        methods = {(r.config.method.method, r.config.method.integrator, r.config.method.adaptive) for r in exp.runs}
+        methods = {(r.config.method.method, getattr(r.config.method, "integrator", None),
+                    getattr(r.config.method, "adaptive", None)) for r in exp.runs}
         assert {m for m, _, _ in methods} == {"dense", "vanilla", "twofactor", "svd", "dlrt"}
         assert ("dlrt", "kls", False) in methods and ("dlrt", "kls", True) in methods
         assert any(m == "dlrt" and i == "parallel" for m, i, _ in methods)
@@ -102,21 +103,20 @@ def test_overrides_accept_dotted_and_sectioned_keys():
     assert d["optim"]["lr"] == 0.5 and d["method"]["rank"] == 3 and d["epochs"] == 2
 
 
-def test_run_experiment_stores_tagged_runs_and_reports_failures(tmp_path, monkeypatch):
-    real = compare.method_available
-    monkeypatch.setattr(compare, "method_available",
-                        lambda m: "not available (ModuleNotFoundError: test)" if m == "svd" else real(m))
+def test_run_experiment_stores_tagged_runs_and_reports_failures(tmp_path):
     exp = load_experiment(write(tmp_path, TINY))
     store = Store(tmp_path / "db.sqlite")
     outcomes = compare.run_experiment(exp, store=store, runs_dir=tmp_path / "runs")
-    assert [o.status for o in outcomes] == ["finished", "finished", "failed", "unavailable"]
-    assert "RankError" in outcomes[2].error and outcomes[3].run_id is None
+    assert [o.status for o in outcomes] == ["finished", "finished", "failed", "finished"]
+    # The impossible rank is refused before anything is written: no row, no folder.
+    assert "RankError" in outcomes[2].error and outcomes[2].run_id is None
     rows = store.runs(sweep="compare:tiny")
     assert [(r["sweep_key"], r["status"]) for r in rows] == [
-        ("dense", "finished"), ("vanilla r4", "finished"), ("impossible rank", "failed")]
+        ("dense", "finished"), ("vanilla r4", "finished"), ("svd", "finished")]
+    assert len(list((tmp_path / "runs").iterdir())) == 3
     assert len(store.epochs(rows[0]["id"])) == 1 and rows[0]["config"]["name"] == "dense"
     notes = compare.outcome_notes(outcomes)
-    assert len(notes) == 2 and notes[1].startswith("svd: unavailable")
+    assert len(notes) == 1 and notes[0].startswith("impossible rank: failed")
     store.close()
 
 

@@ -8,8 +8,8 @@ from torch import nn
 from torch.nn import functional as F
 
 from lowrank.config import OptimConfig
-from lowrank.integrators import DLRTStepper
-from lowrank.layers.dlrt import DLRTLinear
+from lowrank.methods.dlrt.steppers import DLRTStepper, make_dlrt_stepper
+from lowrank.methods.dlrt.layer import DLRTLinear
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 
@@ -32,7 +32,7 @@ def test_steps_on_cuda_match_cpu(integrator: str, adaptive: bool, truncation: st
     weights = {}
     for device in ("cpu", "cuda"):
         model = _model(device)
-        stepper = DLRTStepper(model, OptimConfig(optimizer="adam", lr=0.01), integrator=integrator,
+        stepper = make_dlrt_stepper(model, OptimConfig(optimizer="adam", lr=0.01), integrator=integrator,
                               adaptive=adaptive, tau=0.05, truncation=truncation, diagonalise_every=5)
         for x, y in data:
             stepper.step(x.to(device), y.to(device), F.cross_entropy)

@@ -9,8 +9,11 @@ from torch import nn
 from torch.nn import functional as F
 
 from lowrank.config import OptimConfig
-from lowrank.integrators import DLRTStepper, augment_basis, transform_state, truncate
-from lowrank.layers.dlrt import DLRTLinear
+from lowrank.methods.dlrt.basis import augment_basis
+from lowrank.methods.dlrt.optim_state import transform_state
+from lowrank.methods.dlrt.steppers import DLRTStepper, make_dlrt_stepper
+from lowrank.methods.dlrt.truncation import truncate
+from lowrank.methods.dlrt.layer import DLRTLinear
 from lowrank.linalg import (CHOLESKY_QR_MIN_COLS, CHOLESKY_QR_MIN_ROWS, cholesky_qr2, orthonormality_error,
                             ql_positive, qr_positive, rank_for_tolerance)
 
@@ -58,7 +61,7 @@ def truncate_ref(W: torch.Tensor, rank: int | None, tau: float, r_min: int, r_ma
 
 
 def power_truncate_ref(W: torch.Tensor, V0: torch.Tensor, rank: int | None, tau: float, r_min: int, r_max: int):
-    """:mod:`lowrank.integrators.power` densely: ``W`` projected onto ``range(W V0)``, then truncated
+    """:mod:`lowrank.methods.dlrt.power` densely: ``W`` projected onto ``range(W V0)``, then truncated
     with the energy that projection left out; the exact truncation when an adaptive step's
     tolerance is exceeded by that energy alone (and the cap allows growth)."""
     r0 = V0.shape[1]
@@ -117,7 +120,7 @@ def test_one_sgd_step_matches_formulas(integrator: str, adaptive: bool, shape: t
     model = tiny_model(m, n, r)
     x, y = batch(m)
     expected = reference_step(model, x, y, integrator, adaptive, truncation=truncation)
-    stepper = DLRTStepper(model, OptimConfig(optimizer="sgd", lr=LR), integrator=integrator, adaptive=adaptive,
+    stepper = make_dlrt_stepper(model, OptimConfig(optimizer="sgd", lr=LR), integrator=integrator, adaptive=adaptive,
                           tau=0.1, truncation=truncation)
     loss = stepper.step(x, y, F.mse_loss)
     layer = model[0]
@@ -134,7 +137,7 @@ def test_l2_penalty_reaches_k_and_l(integrator: str, adaptive: bool) -> None:
     model = tiny_model()
     x, y = batch()
     expected = reference_step(model, x, y, integrator, adaptive, l2=0.01, truncation="power")
-    stepper = DLRTStepper(model, OptimConfig(optimizer="sgd", lr=LR, l2=0.01), integrator=integrator,
+    stepper = make_dlrt_stepper(model, OptimConfig(optimizer="sgd", lr=LR, l2=0.01), integrator=integrator,
                           adaptive=adaptive, tau=0.1)
     stepper.step(x, y, F.mse_loss)
     torch.testing.assert_close(model[0].dense_weight().detach(), expected[0], atol=1e-10, rtol=1e-10)
@@ -148,7 +151,7 @@ def test_fixed_rank_steps_keep_bases_orthonormal_float32(integrator: str, optimi
     model = nn.Sequential(DLRTLinear(40, 30, 5), nn.ReLU(), nn.Linear(30, 4))
     x, y = torch.randn(64, 40), torch.randint(0, 4, (64,))
     cfg = OptimConfig(optimizer=optimizer, lr=0.01, momentum=0.9 if optimizer == "sgd" else 0.0, clip=4.0)
-    stepper = DLRTStepper(model, cfg, integrator=integrator)
+    stepper = make_dlrt_stepper(model, cfg, integrator=integrator)
     for _ in range(30):
         stepper.step(x, y, F.cross_entropy)
         layer = model[0]
@@ -163,7 +166,7 @@ def test_fixed_rank_power_step_keeps_coordinates() -> None:
     torch.manual_seed(0)
     model = nn.Sequential(DLRTLinear(40, 30, 6), nn.ReLU(), nn.Linear(30, 4))
     x, y = torch.randn(64, 40), torch.randint(0, 4, (64,))
-    stepper = DLRTStepper(model, OptimConfig(optimizer="adam", lr=1e-3), integrator="parallel", diagonalise_every=7)
+    stepper = make_dlrt_stepper(model, OptimConfig(optimizer="adam", lr=1e-3), integrator="parallel", diagonalise_every=7)
     layer = model[0]
     for step in range(20):
         U0, V0 = layer.U.detach().clone(), layer.V.detach().clone()
@@ -185,7 +188,7 @@ def test_aligned_steps_keep_state_turning_steps_project_it(monkeypatch, adaptive
     torch.manual_seed(0)
     model = nn.Sequential(DLRTLinear(40, 30, 8, max_rank=12), nn.ReLU(), nn.Linear(30, 4))
     x, y = torch.randn(64, 40), torch.randint(0, 4, (64,))
-    stepper = DLRTStepper(model, OptimConfig(optimizer="adam", lr=1e-3), integrator="parallel",
+    stepper = make_dlrt_stepper(model, OptimConfig(optimizer="adam", lr=1e-3), integrator="parallel",
                           adaptive=adaptive, tau=0.3, diagonalise_every=7)
     projected, cores = [], []
     monkeypatch.setattr(stepper, "_project", lambda *a, **k: projected.append(True))
@@ -258,7 +261,7 @@ def test_adaptive_ranks_respect_caps(integrator: str) -> None:
     model = nn.Sequential(DLRTLinear(40, 30, 4, min_rank=3, max_rank=7), nn.ReLU(), nn.Linear(30, 4))
     x, y = torch.randn(64, 40), torch.randint(0, 4, (64,))
     # tau = 0 keeps every direction: the rank grows and must stop at max_rank ...
-    stepper = DLRTStepper(model, OptimConfig(optimizer="adam", lr=0.01), integrator=integrator, adaptive=True, tau=0.0)
+    stepper = make_dlrt_stepper(model, OptimConfig(optimizer="adam", lr=0.01), integrator=integrator, adaptive=True, tau=0.0)
     seen = set()
     for _ in range(6):
         stepper.step(x, y, F.cross_entropy)
@@ -323,7 +326,7 @@ def test_optimizer_state_follows_rank_changes() -> None:
         torch.manual_seed(0)
         model = nn.Sequential(DLRTLinear(40, 30, 4, max_rank=10), nn.ReLU(), nn.Linear(30, 4))
         x, y = torch.randn(64, 40), torch.randint(0, 4, (64,))
-        stepper = DLRTStepper(model, OptimConfig(optimizer="adam", lr=0.02), integrator=integrator,
+        stepper = make_dlrt_stepper(model, OptimConfig(optimizer="adam", lr=0.02), integrator=integrator,
                               adaptive=True, tau=1e-3)
         ranks = set()
         for _ in range(15):
@@ -340,7 +343,7 @@ def test_optimizer_state_follows_rank_changes() -> None:
 
 @pytest.mark.parametrize("failures", [1, 2])
 def test_truncation_survives_svd_non_convergence(monkeypatch, failures: int) -> None:
-    import lowrank.integrators.truncation as T
+    import lowrank.methods.dlrt.truncation as T
 
     real, calls = torch.linalg.svd, []
 
@@ -367,7 +370,7 @@ def test_truncation_survives_svd_non_convergence(monkeypatch, failures: int) -> 
     ("kls", False, "svd", False)])
 def test_training_accounting_counts_augmented_bases_only_when_formed(integrator, adaptive, truncation, augments):
     model = tiny_model()
-    DLRTStepper(model, OptimConfig(optimizer="adam"), integrator=integrator, adaptive=adaptive, truncation=truncation)
+    make_dlrt_stepper(model, OptimConfig(optimizer="adam"), integrator=integrator, adaptive=adaptive, truncation=truncation)
     layer = model[0]
     assert layer.augments is augments
     assert (layer.training_params() > layer.training_params(augmented=False)) is augments

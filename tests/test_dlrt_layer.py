@@ -8,8 +8,8 @@ from torch import nn
 
 from lowrank.convert import convert, restore_structure, structure
 from lowrank.errors import RankError
-from lowrank.layers import LAYER_CLASSES
-from lowrank.layers.dlrt import DLRTLinear, default_max_rank
+from lowrank.registry import layer_class
+from lowrank.methods.dlrt.layer import DLRTLinear, default_max_rank
 from lowrank.linalg import orthonormality_error
 
 
@@ -19,7 +19,7 @@ def dense(m: int = 9, n: int = 6, seed: int = 0) -> nn.Linear:
 
 
 def test_registered_and_convertible() -> None:
-    assert LAYER_CLASSES["DLRTLinear"] is DLRTLinear
+    assert layer_class("DLRTLinear") is DLRTLinear
     model = nn.Sequential(nn.Linear(12, 10), nn.ReLU(), nn.Linear(10, 8), nn.ReLU(), nn.Linear(8, 3))
     out = convert(model, "dlrt", rank=4, min_rank=2, max_rank=6)
     assert [type(m).__name__ for m in out if not isinstance(m, nn.ReLU)] == ["DLRTLinear", "DLRTLinear", "Linear"]

@@ -10,12 +10,13 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from lowrank import methods
+from lowrank.run import apply_method, build_stepper
 from lowrank.checkpoint import load_model, model_payload, write_checkpoint
-from lowrank.config import DataConfig, MethodConfig, OptimConfig, TrainConfig
+from lowrank.registry import method_config
+from lowrank.config import DataConfig, OptimConfig, TrainConfig
 from lowrank.errors import ConfigError
-from lowrank.integrators import DLRTStepper
-from lowrank.layers.dlrt import DLRTLinear
+from lowrank.methods.dlrt.steppers import DLRTStepper, make_dlrt_stepper
+from lowrank.methods.dlrt.layer import DLRTLinear
 from lowrank.linalg import orthonormality_error
 from lowrank.models import mlp
 
@@ -23,7 +24,7 @@ from lowrank.models import mlp
 def dlrt_cfg(layers: list[int], **method) -> TrainConfig:
     opt = method.pop("optim", OptimConfig(optimizer="adam", lr=2e-3))
     epochs = method.pop("epochs", 4)
-    return TrainConfig(method=MethodConfig(method="dlrt", **method), optim=opt, layers=layers, epochs=epochs)
+    return TrainConfig(method=method_config("dlrt", **method), optim=opt, layers=layers, epochs=epochs)
 
 
 @pytest.mark.parametrize("integrator", ["kls", "parallel"])
@@ -33,7 +34,7 @@ def test_finds_rank_of_exactly_low_rank_map(integrator: str) -> None:
     X = torch.randn(512, 30)
     Y = X @ A.T
     model = nn.Sequential(DLRTLinear(30, 20, 8, bias=False, max_rank=12))
-    stepper = DLRTStepper(model, OptimConfig(optimizer="sgd", lr=0.1), integrator=integrator, adaptive=True, tau=0.05)
+    stepper = make_dlrt_stepper(model, OptimConfig(optimizer="sgd", lr=0.1), integrator=integrator, adaptive=True, tau=0.05)
     first = None
     for i in range(800):
         b = i % 8
@@ -57,8 +58,8 @@ def fashion():
 def test_adam_converges_on_fashion_mnist(fashion, integrator: str, adaptive: bool) -> None:
     cfg = dlrt_cfg([784, 64, 32, 10], rank=10, integrator=integrator, adaptive=adaptive, tau=0.05, max_rank=24)
     torch.manual_seed(0)
-    model = methods.prepare(mlp(cfg.layers), cfg)
-    stepper = methods.make_stepper(model, cfg, 0)
+    model = apply_method(mlp(cfg.layers), cfg)
+    stepper = build_stepper(model, cfg, 0)
     x, y = fashion.train.x, fashion.train.y
     g = torch.Generator().manual_seed(0)
     losses = []
@@ -92,13 +93,13 @@ def test_checkpoint_round_trip_is_bit_for_bit(integrator: str, tmp_path) -> None
     x, y = torch.randn(256, 40, generator=g), torch.randint(0, 4, (256,), generator=g)
 
     torch.manual_seed(0)
-    ref = methods.prepare(mlp(cfg.layers), cfg)
-    ref_stepper = methods.make_stepper(ref, cfg, 0)
+    ref = apply_method(mlp(cfg.layers), cfg)
+    ref_stepper = build_stepper(ref, cfg, 0)
     _train(ref, ref_stepper, range(20), x, y)
 
     torch.manual_seed(0)
-    model = methods.prepare(mlp(cfg.layers), cfg)
-    stepper = methods.make_stepper(model, cfg, 0)
+    model = apply_method(mlp(cfg.layers), cfg)
+    stepper = build_stepper(model, cfg, 0)
     _train(model, stepper, range(8), x, y)
     assert any(l.rank != 4 for l in stepper.layers), "ranks never changed: the test would not exercise specs"
     write_checkpoint(tmp_path / "ck.pt", {**model_payload(model), "stepper": stepper.state_dict()})
@@ -106,7 +107,7 @@ def test_checkpoint_round_trip_is_bit_for_bit(integrator: str, tmp_path) -> None
 
     torch.manual_seed(123)                                  # a fresh model with other random values
     fresh = load_model(mlp(cfg.layers), payload)
-    fresh_stepper = methods.make_stepper(fresh, cfg, 0)
+    fresh_stepper = build_stepper(fresh, cfg, 0)
     fresh_stepper.load_state_dict(payload["stepper"])
     _train(fresh, fresh_stepper, range(8, 20), x, y)
 
@@ -120,8 +121,8 @@ def test_checkpoint_round_trip_is_bit_for_bit(integrator: str, tmp_path) -> None
 def test_then_fixed_switches_to_fixed_rank() -> None:
     cfg = dlrt_cfg([40, 30, 4], rank=4, adaptive=True, tau=1e-3, then_fixed=2, epochs=5)
     torch.manual_seed(0)
-    model = methods.prepare(mlp(cfg.layers), cfg)
-    stepper = methods.make_stepper(model, cfg, 0)
+    model = apply_method(mlp(cfg.layers), cfg)
+    stepper = build_stepper(model, cfg, 0)
     x, y = torch.randn(64, 40), torch.randint(0, 4, (64,))
     for epoch in range(5):
         before = model.fc0.rank
@@ -132,7 +133,7 @@ def test_then_fixed_switches_to_fixed_rank() -> None:
         assert stepper.end_epoch(epoch)["adaptive"] == (epoch < 3)
     assert not stepper.adaptive
     with pytest.raises(ConfigError, match="then_fixed=5"):
-        methods.make_stepper(model, dlrt_cfg([40, 30, 4], rank=4, adaptive=True, then_fixed=5, epochs=5), 0)
+        build_stepper(model, dlrt_cfg([40, 30, 4], rank=4, adaptive=True, then_fixed=5, epochs=5), 0)
 
 
 @pytest.mark.parametrize("integrator", ["kls", "parallel"])
@@ -140,7 +141,7 @@ def test_clipping_bounds_the_step(integrator: str) -> None:
     torch.manual_seed(0)
     model = nn.Sequential(DLRTLinear(40, 30, 5), nn.ReLU(), nn.Linear(30, 4))
     before = [model[0].dense_weight().detach().clone(), model[2].weight.detach().clone()]
-    stepper = DLRTStepper(model, OptimConfig(optimizer="sgd", lr=1.0, clip=1e-6), integrator=integrator)
+    stepper = make_dlrt_stepper(model, OptimConfig(optimizer="sgd", lr=1.0, clip=1e-6), integrator=integrator)
     stepper.step(torch.randn(64, 40), torch.randint(0, 4, (64,)), F.cross_entropy)
     with torch.no_grad():
         assert float((model[0].dense_weight() - before[0]).norm()) < 3e-6
@@ -149,14 +150,14 @@ def test_clipping_bounds_the_step(integrator: str) -> None:
 
 def test_prepare_targets_and_caps() -> None:
     cfg = dlrt_cfg([784, 256, 128, 10], max_rank=64, min_rank=2)
-    model = methods.prepare(mlp(cfg.layers), cfg)
+    model = apply_method(mlp(cfg.layers), cfg)
     assert isinstance(model.fc0, DLRTLinear) and isinstance(model.fc1, DLRTLinear)
     assert isinstance(model.fc2, nn.Linear)                 # the output layer stays dense
     assert (model.fc0.rank, model.fc0.max_rank, model.fc0.min_rank) == (20, 64, 2)
     assert orthonormality_error(model.fc0.U) < 1e-5
-    stepper = methods.make_stepper(model, cfg, 10)
+    stepper = build_stepper(model, cfg, 10)
     assert isinstance(stepper, DLRTStepper) and stepper.integrator == "parallel" and not stepper.adaptive
-    only = methods.prepare(mlp(cfg.layers), dlrt_cfg(cfg.layers, target="fc1", rank=7))
+    only = apply_method(mlp(cfg.layers), dlrt_cfg(cfg.layers, target="fc1", rank=7))
     assert isinstance(only.fc0, nn.Linear) and only.fc1.rank == 7
 
 
@@ -171,7 +172,7 @@ def test_train_from_pruned_loads_dense_weights(kind: str, tmp_path) -> None:
         write_checkpoint(path, model_payload(dense))
     cfg = dlrt_cfg([30, 20, 12, 4], rank=5, base_checkpoint=str(path))
     torch.manual_seed(0)                                    # different random init: must be overwritten
-    model = methods.prepare(mlp(cfg.layers), cfg)
+    model = apply_method(mlp(cfg.layers), cfg)
     u, s, vh = torch.linalg.svd(dense.fc0.weight.detach())
     torch.testing.assert_close(model.fc0.dense_weight(), u[:, :5] @ torch.diag(s[:5]) @ vh[:5], atol=1e-5, rtol=0)
     torch.testing.assert_close(model.fc2.weight, dense.fc2.weight)
@@ -179,7 +180,7 @@ def test_train_from_pruned_loads_dense_weights(kind: str, tmp_path) -> None:
 
 
 def test_phase_clock_splits_time_between_phases() -> None:
-    from lowrank.integrators.phase_clock import PhaseClock
+    from lowrank.methods.dlrt.phase_clock import PhaseClock
 
     clock = PhaseClock(("a", "b"))
     clock.start()

@@ -12,11 +12,12 @@ from torch import nn
 from torch.func import functional_call
 
 from lowrank.errors import RankError
-from lowrank.layers import (LAYER_CLASSES, LoRALinear, LowRankLayer, LowRankLinear, SVDLinear,
+from lowrank.registry import layer_class
+from lowrank import (LoRALinear, LowRankLayer, VanillaLinear, SVDLinear,
                             TwoFactorLinear)
 from lowrank.linalg import orthonormality_error
 
-FACTORED = [LowRankLinear, TwoFactorLinear, SVDLinear]
+FACTORED = [VanillaLinear, TwoFactorLinear, SVDLinear]
 ALL = [*FACTORED, LoRALinear]
 
 
@@ -78,7 +79,7 @@ def test_spec_rebuilds_same_shapes(cls: type[LowRankLayer]) -> None:
     layer = cls.from_linear(dense(8, 6), 3)
     if isinstance(layer, LoRALinear):
         randomise_adapter(layer)
-    fresh = LAYER_CLASSES[type(layer).__name__](**layer.spec()).double()
+    fresh = layer_class(type(layer).__name__)(**layer.spec()).double()
     assert {k: v.shape for k, v in fresh.state_dict().items()} == {k: v.shape for k, v in layer.state_dict().items()}
     fresh.load_state_dict(layer.state_dict())
     x = torch.randn(3, 8, dtype=torch.float64)
@@ -109,7 +110,7 @@ def test_impossible_rank(cls: type[LowRankLayer]) -> None:
 
 
 def test_lowrank_init_orthonormal_and_decay() -> None:
-    layer = LowRankLinear(50, 30, 6, init_decay=2.0)
+    layer = VanillaLinear(50, 30, 6, init_decay=2.0)
     assert orthonormality_error(layer.U.detach()) < 1e-5
     assert orthonormality_error(layer.V.detach()) < 1e-5
     d = torch.diagonal(layer.S.detach())
@@ -117,7 +118,7 @@ def test_lowrank_init_orthonormal_and_decay() -> None:
     assert torch.count_nonzero(layer.S.detach() - torch.diag(d)) == 0
     lin = dense(9, 6)
     s = torch.linalg.svdvals(lin.weight.detach())
-    conv = LowRankLinear.from_linear(lin, 4, init_decay=10.0)
+    conv = VanillaLinear.from_linear(lin, 4, init_decay=10.0)
     torch.testing.assert_close(torch.diagonal(conv.S.detach()), s[:4] / 10.0 ** torch.arange(4.0, dtype=torch.float64))
     assert conv.spec()["init_decay"] == 10.0
 
@@ -177,7 +178,7 @@ def test_lora_merge_unmerge_exact_inverse_float32() -> None:
     torch.manual_seed(0)
     lin = nn.Linear(32, 16)
     w0 = lin.weight.detach().clone()
-    layer = LoRALinear.from_linear(lin, 4, alpha=8.0)
+    layer = LoRALinear.from_linear(lin, 4, lora_alpha=8.0)
     randomise_adapter(layer)
     x = torch.randn(10, 32)
     y = layer(x)

@@ -10,18 +10,19 @@ import torch.nn.functional as F
 from torch import nn
 
 from lowrank import mlp
-from lowrank.config import MethodConfig, OptimConfig, TrainConfig
+from lowrank.registry import method_config
+from lowrank.config import OptimConfig, TrainConfig
 from lowrank.convert import restore_structure, structure
 from lowrank.errors import CheckpointError
-from lowrank.layers import LoRALinear, LowRankLinear, SVDLinear, TwoFactorLinear
-from lowrank.methods import make_stepper, prepare
+from lowrank import LoRALinear, VanillaLinear, SVDLinear, TwoFactorLinear
+from lowrank.run import apply_method, build_stepper
 from lowrank.stepper import penalty
 
 SIZES = [12, 10, 8, 4]
 
 
 def config(method: str, **kw) -> TrainConfig:
-    cfg = TrainConfig(method=MethodConfig(method=method, **kw), optim=OptimConfig(lr=1e-2), layers=SIZES)
+    cfg = TrainConfig(method=method_config(method, **kw), optim=OptimConfig(lr=1e-2), layers=SIZES)
     cfg.validate()
     return cfg
 
@@ -35,12 +36,12 @@ def data(n: int = 64, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
 
 def build(cfg: TrainConfig) -> nn.Module:
     torch.manual_seed(cfg.seed)
-    return prepare(mlp(SIZES), cfg)
+    return apply_method(mlp(SIZES), cfg)
 
 
 def test_vanilla_prepare_default_rank_capped_and_decay() -> None:
     model = build(config("vanilla", init_decay=3.0))
-    assert isinstance(model.fc0, LowRankLinear) and isinstance(model.fc2, nn.Linear)
+    assert isinstance(model.fc0, VanillaLinear) and isinstance(model.fc2, nn.Linear)
     assert (model.fc0.rank, model.fc1.rank) == (10, 8)  # default 20, capped at min(m, n)
     d = torch.diagonal(model.fc0.S.detach())
     assert float(d[1] / d[0]) < 1 / 3 + 1e-6
@@ -54,7 +55,7 @@ def test_svd_method_penalty_and_pruning() -> None:
     assert isinstance(model.fc0, SVDLinear) and model.fc0.lambda_orth == 1.0
     pen = penalty(model, cfg.optim)
     torch.testing.assert_close(pen, model.fc0.regularization() + model.fc1.regularization())
-    stepper = make_stepper(model, cfg, 20)
+    stepper = build_stepper(model, cfg, 20)
     x, y = data()
     for _ in range(20):
         stepper.step(x, y, F.cross_entropy)
@@ -76,7 +77,7 @@ def test_svd_method_penalty_and_pruning() -> None:
     state, struct, sd = stepper.state_dict(), structure(model), model.state_dict()
     fresh = restore_structure(mlp(SIZES), struct)
     fresh.load_state_dict(sd)
-    s2 = make_stepper(fresh, cfg, 20)
+    s2 = build_stepper(fresh, cfg, 20)
     s2.load_state_dict(state)
     assert s2.pruned_ranks == stepper.pruned_ranks
 
@@ -95,7 +96,7 @@ def test_lora_prepare_from_base_checkpoint(tmp_path) -> None:
     x, y = data()
     torch.testing.assert_close(model(x), trained(x))
     frozen = {k: v.clone() for k, v in model.state_dict().items() if ".A" not in k and ".B" not in k}
-    stepper = make_stepper(model, cfg, 10)
+    stepper = build_stepper(model, cfg, 10)
     losses = [float(stepper.step(x, y, F.cross_entropy)) for _ in range(10)]
     assert losses[-1] < losses[0]
     assert all(torch.equal(model.state_dict()[k], v) for k, v in frozen.items())
@@ -118,10 +119,10 @@ def run(stepper, x, y, steps: int) -> list[float]:
 
 
 def test_twofactor_switches_at_phi_and_keeps_training() -> None:
-    cfg = config("twofactor", phi=0.25, alpha=0.5)
+    cfg = config("twofactor", phi=0.25, inner_fraction=0.5)
     model = build(cfg)
     assert isinstance(model.fc0, nn.Linear)
-    stepper = make_stepper(model, cfg, 40)
+    stepper = build_stepper(model, cfg, 40)
     x, y = data()
     losses = run(stepper, x, y, 10)
     assert stepper.steps == 10 and not stepper.switched and isinstance(model.fc0, nn.Linear)
@@ -138,7 +139,7 @@ def test_twofactor_switches_at_phi_and_keeps_training() -> None:
 
 def test_twofactor_warns_above_break_even() -> None:
     cfg = config("twofactor", phi=0.0, rank=5)  # fc1: 10*8/18 = 4.4 <= 5
-    stepper = make_stepper(build(cfg), cfg, 4)
+    stepper = build_stepper(build(cfg), cfg, 4)
     x, y = data()
     with pytest.warns(UserWarning, match="break-even"):
         run(stepper, x, y, 1)
@@ -149,16 +150,16 @@ def test_twofactor_resume_on_either_side_of_switch(stop: int) -> None:
     cfg = config("twofactor", phi=0.25, rank=3)
     x, y = data()
     reference = build(cfg)
-    run(make_stepper(reference, cfg, 40), x, y, 25)
+    run(build_stepper(reference, cfg, 40), x, y, 25)
 
     model = build(cfg)
-    stepper = make_stepper(model, cfg, 40)
+    stepper = build_stepper(model, cfg, 40)
     run(stepper, x, y, stop)
     ckpt = {"structure": structure(model), "model": model.state_dict(), "stepper": stepper.state_dict()}
     # A fresh process: dense model, structure restored, weights, then the stepper.
     resumed = restore_structure(mlp(SIZES), ckpt["structure"])
     resumed.load_state_dict(ckpt["model"])
-    s2 = make_stepper(resumed, cfg, 40)
+    s2 = build_stepper(resumed, cfg, 40)
     s2.load_state_dict(ckpt["stepper"])
     assert s2.switched == (stop > 10)
     run(s2, x, y, 25 - stop)
@@ -170,14 +171,14 @@ def test_twofactor_load_detects_structure_mismatch() -> None:
     cfg = config("twofactor", phi=0.0, rank=3)
     x, y = data()
     model = build(cfg)
-    stepper = make_stepper(model, cfg, 4)
+    stepper = build_stepper(model, cfg, 4)
     run(stepper, x, y, 2)
-    fresh = make_stepper(build(cfg), cfg, 4)  # dense: structure not restored
+    fresh = build_stepper(build(cfg), cfg, 4)  # dense: structure not restored
     with pytest.raises(CheckpointError, match="restore the checkpoint's structure"):
         fresh.load_state_dict(stepper.state_dict())
     # A stepper built before the structure was restored follows the model on load.
     dense_model = build(cfg)
-    early = make_stepper(dense_model, cfg, 4)
+    early = build_stepper(dense_model, cfg, 4)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         restore_structure(dense_model, structure(model))

@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 
 from lowrank.cli import main as cli_main
-from lowrank.compare import method_available
-from lowrank.config import DataConfig, MethodConfig, OptimConfig, TrainConfig
+from lowrank.registry import method_config
+from lowrank.config import DataConfig, OptimConfig, TrainConfig
 from lowrank.errors import ConfigError, LowRankError
 from lowrank.report import (RunData, build_report, load_runs, parse_query, results_table, select_runs,
                             write_report)
@@ -24,7 +24,7 @@ EVIL = "<script>alert('x')</script> & co"
 
 def tiny(method: str = "dense", name: str | None = None, **mkw) -> TrainConfig:
     return TrainConfig(data=DataConfig(dataset="mnist", train_size=500, test_size=300),
-                       optim=OptimConfig(optimizer="adam", lr=3e-3), method=MethodConfig(method=method, **mkw),
+                       optim=OptimConfig(optimizer="adam", lr=3e-3), method=method_config(method, **mkw),
                        layers=[784, 16, 10], epochs=2, batch_size=50, seed=0, name=name)
 
 
@@ -32,15 +32,14 @@ def tiny(method: str = "dense", name: str | None = None, **mkw) -> TrainConfig:
 def db(tmp_path_factory):
     """A database with three finished tiny runs: dense (hostile name), vanilla, rank-adaptive DLRT."""
     from lowrank.data import load_dataset
-    from lowrank.train import fit
+    from lowrank.run import train_run
 
     tmp = tmp_path_factory.mktemp("report")
     store = Store(tmp / "db.sqlite")
     data = load_dataset(tiny().data, seed=0)
     cfgs = [tiny(name=EVIL), tiny("vanilla", rank=4)]
-    if method_available("dlrt") is None:
-        cfgs.append(tiny("dlrt", rank=4, integrator="kls", adaptive=True, tau=0.2, max_rank=8))
-    ids = [fit(c, store=store, runs_dir=tmp / "runs", data=data).run_id for c in cfgs]
+    cfgs.append(tiny("dlrt", rank=4, integrator="kls", adaptive=True, tau=0.2, max_rank=8))
+    ids = [train_run(c, store=store, runs_dir=tmp / "runs", data=data).run_id for c in cfgs]
     yield store, ids, tmp
     store.close()
 
@@ -116,7 +115,7 @@ def test_cli_report_rebuilds_from_database(db, tmp_path, capsys):
 
 
 def _fake(i: int, method: str, acc: float, **extra) -> RunData:
-    cfg = tiny(method, rank=2 ** i if method != "dense" else None).to_dict()
+    cfg = (tiny(method, rank=2 ** i) if method != "dense" else tiny(method)).to_dict()
     return RunData(id=i, label=f"{method} {i}", status="finished", method=method, dataset="mnist", config=cfg,
                    summary={"test_acc": acc, "test_loss": 1.0, **extra}, epochs=[], ranks=[])
 

@@ -12,8 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from lowrank import methods
-from lowrank.matrix import load_matrix
+from lowrank.sweep_matrix import load_matrix
 from lowrank.store import Store
 from lowrank.sweep import plan_sweep, run_sweep, sweep_runs
 from lowrank.sweep_report import write_sweep_report
@@ -88,7 +87,9 @@ def test_interrupted_sweep_resumes_without_repeats(tmp_path, monkeypatch):
     """Deterministic interrupt mid-epoch of the 5th run (as Ctrl-C would), then resume in-process."""
     m = load_matrix(write(tmp_path))
     db = tmp_path / "db.sqlite"
-    real = methods.make_stepper
+    from lowrank import run as run_mod
+
+    real = run_mod.build_stepper
     calls = {"n": 0}
 
     def interrupting(model, cfg, total):
@@ -104,7 +105,7 @@ def test_interrupted_sweep_resumes_without_repeats(tmp_path, monkeypatch):
             stepper.step = step_or_stop
         return stepper
 
-    monkeypatch.setattr(methods, "make_stepper", interrupting)
+    monkeypatch.setattr(run_mod, "build_stepper", interrupting)
     with pytest.raises(KeyboardInterrupt):
         run_sweep(m, db_path=db, runs_dir=tmp_path / "runs", workers=1)
     store = Store(db)
@@ -112,7 +113,7 @@ def test_interrupted_sweep_resumes_without_repeats(tmp_path, monkeypatch):
     assert (plan.count("done"), plan.count("resume"), plan.count("start")) == (4, 1, 7)
     interrupted = next(s.run_id for s in plan.states if s.action == "resume")
     assert store.run(interrupted)["status"] == "interrupted"
-    monkeypatch.setattr(methods, "make_stepper", real)
+    monkeypatch.setattr(run_mod, "build_stepper", real)
     results = []
     run_sweep(m, db_path=db, runs_dir=tmp_path / "runs", workers=1, on_result=results.append)
     assert len(results) == 8 and sum(r["resumed"] for r in results) == 1

@@ -5,18 +5,19 @@ from __future__ import annotations
 import pytest
 import torch
 
-from lowrank import methods
+from lowrank.run import apply_method, build_stepper
 from lowrank.checkpoint import read_checkpoint
-from lowrank.config import DataConfig, MethodConfig, OptimConfig, TrainConfig
+from lowrank.registry import method_config
+from lowrank.config import DataConfig, OptimConfig, TrainConfig
 from lowrank.errors import CheckpointError, TrainingDivergedError
 from lowrank.store import Store
-from lowrank.train import fit, resume
+from lowrank.run import resume_run, train_run
 
 
 def small_cfg(**kw) -> TrainConfig:
     cfg = TrainConfig(data=DataConfig(dataset="mnist", train_size=600, test_size=300),
                       optim=OptimConfig(optimizer="adam", lr=2e-3),
-                      method=MethodConfig(method="dense"),
+                      method=method_config("dense"),
                       layers=[784, 32, 10], epochs=3, batch_size=50, seed=1)
     for k, v in kw.items():
         setattr(cfg, k, v)
@@ -37,7 +38,7 @@ def mnist_small():
 
 
 def test_fit_records_every_epoch(store, tmp_path, mnist_small):
-    res = fit(small_cfg(), store=store, runs_dir=tmp_path / "runs", data=mnist_small)
+    res = train_run(small_cfg(), store=store, runs_dir=tmp_path / "runs", data=mnist_small)
     assert len(res.history) == 3
     rows = store.epochs(res.run_id)
     assert [r["epoch"] for r in rows] == [0, 1, 2]
@@ -47,13 +48,15 @@ def test_fit_records_every_epoch(store, tmp_path, mnist_small):
     assert rows[-1]["train_loss"] < rows[0]["train_loss"]
     assert res.summary["test_acc"] > 0.6
     ckpt = read_checkpoint(res.run_dir / "checkpoint.pt")
-    assert ckpt["epoch"] == 3 and ckpt["config"]["layers"] == [784, 32, 10]
+    assert ckpt["loop"]["epoch"] == 3 and ckpt["config"]["layers"] == [784, 32, 10]
     assert (res.run_dir / "config.json").exists() and (res.run_dir / "summary.json").exists()
 
 
 def _interrupt_at(monkeypatch, at_step: int) -> None:
     """Make the stepper raise KeyboardInterrupt (as Ctrl-C would) before step ``at_step``."""
-    real = methods.make_stepper
+    from lowrank import run as run_mod
+
+    real = run_mod.build_stepper
 
     def patched(model, cfg, total):
         stepper = real(model, cfg, total)
@@ -65,7 +68,7 @@ def _interrupt_at(monkeypatch, at_step: int) -> None:
             return step(*a, **k)
         stepper.step = interrupting
         return stepper
-    monkeypatch.setattr(methods, "make_stepper", patched)
+    monkeypatch.setattr(run_mod, "build_stepper", patched)
 
 
 @pytest.mark.parametrize("at_step", [12, 17])  # 12 = end of epoch 1, 17 = mid-epoch 2
@@ -73,22 +76,22 @@ def _interrupt_at(monkeypatch, at_step: int) -> None:
 def test_resume_reproduces_uninterrupted_run(store, tmp_path, mnist_small, monkeypatch, at_step, noise):
     cfg = small_cfg()
     cfg.data.noise = noise
-    full = fit(cfg, store=store, runs_dir=tmp_path / "runs", data=mnist_small)
+    full = train_run(cfg, store=store, runs_dir=tmp_path / "runs", data=mnist_small)
 
     with monkeypatch.context() as m:
         _interrupt_at(m, at_step)
         with pytest.raises(KeyboardInterrupt):
-            fit(small_cfg(data=cfg.data), store=store, runs_dir=tmp_path / "runs", data=mnist_small)
+            train_run(small_cfg(data=cfg.data), store=store, runs_dir=tmp_path / "runs", data=mnist_small)
     run_id = full.run_id + 1
     assert store.run(run_id)["status"] == "interrupted"
-    again = resume(run_id, store=store, data=mnist_small)
+    again = resume_run(run_id, store=store, data=mnist_small)
     assert store.run(run_id)["status"] == "finished"
     for (k, a), (_, b) in zip(full.model.state_dict().items(), again.model.state_dict().items()):
         assert torch.equal(a, b), k
     assert [r["epoch"] for r in store.epochs(run_id)] == [0, 1, 2]
     assert again.history[-1]["train_loss"] == pytest.approx(full.history[-1]["train_loss"], rel=1e-9)
     with pytest.raises(CheckpointError, match=rf"run {run_id} has already finished \(3 of 3 epochs\)"):
-        resume(run_id, store=store, data=mnist_small)
+        resume_run(run_id, store=store, data=mnist_small)
     assert store.run(run_id)["status"] == "finished"
 
 
@@ -103,11 +106,11 @@ def test_nan_loss_stops_and_keeps_last_good_checkpoint(store, tmp_path, mnist_sm
         if epoch == 0:
             x[:] = float("nan")  # the trainer batches from this very tensor
     with pytest.raises(TrainingDivergedError, match="epoch 2"):
-        fit(small_cfg(), store=store, runs_dir=tmp_path / "runs", data=data, on_epoch=poison)
+        train_run(small_cfg(), store=store, runs_dir=tmp_path / "runs", data=data, on_epoch=poison)
     run = store.runs()[-1]
     assert run["status"] == "diverged"
     ckpt = read_checkpoint(run["run_dir"])
-    assert ckpt["epoch"] == 1
+    assert ckpt["loop"]["epoch"] == 1
     assert all(torch.isfinite(t).all() for t in ckpt["model"].values())
 
 

@@ -33,7 +33,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from .layers.base import is_lowrank
+from .layer import is_lowrank
 
 __all__ = ["Quantity", "Accounting", "count", "hidden_weights", "linear_like"]
 

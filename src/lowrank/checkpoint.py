@@ -2,7 +2,7 @@
 
 A checkpoint is a plain dict saved by ``torch.save``:
 
-``format``     the string ``"lowrank-checkpoint-1"``;
+``format``     the string ``"lowrank-checkpoint-2"``;
 ``config``     the run's :class:`~lowrank.config.TrainConfig` as a dict;
 ``structure``  ``{qualified name: {"cls": ..., "spec": ...}}`` of every low-rank layer
                (current shapes and ranks, so a fresh process can rebuild the model);
@@ -17,6 +17,7 @@ a crash mid-write never leaves a truncated checkpoint behind. Reading uses
 
 from __future__ import annotations
 
+import copy
 import os
 import tempfile
 from pathlib import Path
@@ -27,9 +28,12 @@ from torch import nn
 
 from .errors import CheckpointError
 
-__all__ = ["FORMAT", "write_checkpoint", "read_checkpoint", "model_payload", "load_model"]
+__all__ = ["FORMAT", "write_checkpoint", "read_checkpoint", "model_payload", "load_model", "load_dense_weights"]
 
-FORMAT = "lowrank-checkpoint-1"
+FORMAT = "lowrank-checkpoint-2"
+#: Formats written by earlier versions, which this one cannot resume (their method options
+#: were one flat table and their layer classes had other names).
+OLD_FORMATS = ("lowrank-checkpoint-1",)
 
 
 def write_checkpoint(path: str | os.PathLike, payload: dict[str, Any]) -> None:
@@ -60,6 +64,9 @@ def read_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
         payload = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # torch raises several types for damaged files
         raise CheckpointError(f"cannot read checkpoint {path}: {type(e).__name__}: {e}".splitlines()[0]) from None
+    if isinstance(payload, dict) and payload.get("format") in OLD_FORMATS:
+        raise CheckpointError(f"{path} is from an older lowrank (format {payload['format']}, this version reads "
+                              f"{FORMAT}): retrain the run, or resume it with the version that wrote it")
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
         raise CheckpointError(f"{path} is not a lowrank checkpoint (format tag missing or unknown)")
     return payload
@@ -83,4 +90,41 @@ def load_model(model: nn.Module, payload: dict[str, Any]) -> nn.Module:
         model.load_state_dict(payload["model"])
     except (RuntimeError, KeyError) as e:
         raise CheckpointError(f"checkpoint does not fit the model: {str(e).splitlines()[0]}") from None
+    return model
+
+
+def _dense_state(path: str) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """The dense ``state_dict`` stored at ``path``: a lowrank checkpoint (low-rank layers are
+    merged back to dense) or a plain ``torch.save``d state_dict."""
+    p = Path(path)
+    if not p.exists():
+        raise CheckpointError(f"base_checkpoint {path} does not exist")
+    try:
+        payload: dict[str, Any] = read_checkpoint(p)
+    except CheckpointError:
+        try:
+            payload = {"model": torch.load(p if p.is_file() else p / "checkpoint.pt", map_location="cpu",
+                                           weights_only=True)}
+        except Exception as e:
+            raise CheckpointError(f"base_checkpoint {path}: neither a lowrank checkpoint nor a state_dict "
+                                  f"({type(e).__name__})") from None
+    state = payload.get("model")
+    if not isinstance(state, dict):
+        raise CheckpointError(f"base_checkpoint {path} holds no model state_dict")
+    return state, payload.get("structure") or {}
+
+
+def load_dense_weights(model: nn.Module, path: str) -> nn.Module:
+    """Load the dense weights stored at ``path`` (a lowrank run folder or checkpoint, whose low-rank
+    layers are merged back to dense, or a plain state_dict file) into the dense ``model``, in place."""
+    state, struct = _dense_state(path)
+    if struct:
+        # A low-rank checkpoint: rebuild its layers on a copy, load, merge back to dense.
+        from .convert import merge
+
+        state = merge(load_model(copy.deepcopy(model), {"model": state, "structure": struct})).state_dict()
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as e:
+        raise CheckpointError(f"base_checkpoint {path} does not fit the model: {str(e).splitlines()[0]}") from None
     return model

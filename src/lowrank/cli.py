@@ -10,18 +10,19 @@ from __future__ import annotations
 
 import argparse
 import ast
+import functools
 import dataclasses
 import inspect
 import json
 import sys
+import textwrap
 import types
 import typing
 from pathlib import Path
 from typing import Any
 
-from . import config as config_mod
-from .config import DataConfig, MethodConfig, OptimConfig, TrainConfig
-from .errors import LowRankError
+from .config import DataConfig, OptimConfig, TrainConfig
+from .errors import ConfigError, LowRankError
 
 __all__ = ["main", "build_parser"]
 
@@ -31,14 +32,15 @@ EXIT_USAGE = 2
 # -- flags from dataclasses --------------------------------------------------------------------
 
 def _field_docs(cls: type) -> dict[str, str]:
-    """Docstrings written under each field of a dataclass (read from the source)."""
-    tree = ast.parse(inspect.getsource(cls))
-    body = tree.body[0].body  # type: ignore[attr-defined]
-    docs = {}
-    for a, b in zip(body, body[1:]):
-        if (isinstance(a, ast.AnnAssign) and isinstance(a.target, ast.Name) and isinstance(b, ast.Expr)
-                and isinstance(b.value, ast.Constant) and isinstance(b.value.value, str)):
-            docs[a.target.id] = b.value.value
+    """Docstrings written under each field of a dataclass and its bases (read from the source)."""
+    docs: dict[str, str] = {}
+    for klass in reversed([k for k in cls.__mro__ if dataclasses.is_dataclass(k)]):
+        tree = ast.parse(textwrap.dedent(inspect.getsource(klass)))
+        body = tree.body[0].body  # type: ignore[attr-defined]
+        for a, b in zip(body, body[1:]):
+            if (isinstance(a, ast.AnnAssign) and isinstance(a.target, ast.Name) and isinstance(b, ast.Expr)
+                    and isinstance(b.value, ast.Constant) and isinstance(b.value.value, str)):
+                docs[a.target.id] = " ".join(b.value.value.split())
     return docs
 
 
@@ -49,58 +51,108 @@ def _int_list(text: str) -> list[int]:
         raise argparse.ArgumentTypeError(f"expected comma-separated integers like 784,256,10, got {text!r}")
 
 
+def _json_object(text: str) -> dict[str, Any]:
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise argparse.ArgumentTypeError(f"expected a JSON object like '{{\"channels\": 8}}', got {text!r} ({e.msg})")
+    if not isinstance(value, dict):
+        raise argparse.ArgumentTypeError(f"expected a JSON object like '{{\"channels\": 8}}', got {text!r}")
+    return value
+
+
 def _flag(field_name: str) -> str:
     """The command-line flag of a config field: ``max_rank`` -> ``--max-rank``."""
     return "--" + field_name.replace("_", "-")
 
 
-def _add_dataclass_flags(parser: argparse.ArgumentParser, cls: type, group_name: str) -> None:
-    hints = typing.get_type_hints(cls, vars(config_mod))
+#: Closed choices shown by ``--help`` and checked by argparse: field name -> choices.
+def _choices() -> dict[str, tuple[str, ...]]:
+    from .losses import LOSSES
+    from .models import ACTIVATIONS
+    from .optimizers import OPTIMIZERS, SCHEDULES
+    from .registry import method_names
+
+    return {"method": method_names(), "optimizer": tuple(OPTIMIZERS), "schedule": tuple(SCHEDULES),
+            "loss": tuple(LOSSES), "activation": tuple(ACTIVATIONS)}
+
+
+def _add_fields(group: Any, cls: type, section: str, seen: set[str], choices: dict[str, tuple[str, ...]]) -> None:
+    """One flag per field of ``cls`` not in ``seen``; ``dest`` is ``section.field``."""
+    hints = typing.get_type_hints(cls)
     docs = _field_docs(cls)
-    group = parser.add_argument_group(group_name)
     for f in dataclasses.fields(cls):
-        if dataclasses.is_dataclass(hints[f.name]):
+        if dataclasses.is_dataclass(hints[f.name]) or f.name in seen or hints[f.name] is typing.Any:
             continue
+        if typing.get_origin(hints[f.name]) is dict:
+            pass
+        seen.add(f.name)
         flag = _flag(f.name)
         typ = hints[f.name]
-        args = typing.get_args(typ)
         if isinstance(typ, types.UnionType) or typing.get_origin(typ) is typing.Union:
-            typ = next(a for a in args if a is not type(None))
+            typ = next(a for a in typing.get_args(typ) if a is not type(None))
         default = f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[misc]
-        help_text = docs.get(f.name, "") + (f" (default: {default})" if default not in (None, False) else "")
-        dest = f"{group_name}.{f.name}"
+        help_text = docs.get(f.name, "") + (f" (default: {default})" if default not in (None, False, {}) else "")
+        dest = f"{section}.{f.name}"
         if typ is bool:
-            group.add_argument(flag, dest=dest, action=argparse.BooleanOptionalAction, default=None,
-                               help=help_text)
+            group.add_argument(flag, dest=dest, action=argparse.BooleanOptionalAction, default=None, help=help_text)
         elif typing.get_origin(typ) is list:
             group.add_argument(flag, dest=dest, type=_int_list, default=None, help=help_text, metavar="N,N,...")
+        elif typing.get_origin(typ) is dict:
+            group.add_argument(flag, dest=dest, type=_json_object, default=None, help=help_text, metavar="JSON")
         else:
-            group.add_argument(flag, dest=dest, type=typ, default=None, help=help_text,
-                               metavar=f.name.upper())
-    # keep the method choices visible
-    if cls is MethodConfig:
-        for a in group._group_actions:
-            if a.dest == "method.method":
-                a.choices = config_mod.METHODS
-            if a.dest == "method.integrator":
-                a.choices = config_mod.INTEGRATORS
-    if cls is OptimConfig:
-        for a in group._group_actions:
-            if a.dest == "optim.optimizer":
-                a.choices = ("sgd", "adam", "adamw")
+            group.add_argument(flag, dest=dest, type=typ, default=None, help=help_text, metavar=f.name.upper(),
+                               choices=choices.get(f.name))
+
+
+def _add_config_flags(parser: argparse.ArgumentParser, sections: tuple[str, ...] = ("train", "data", "optim",
+                                                                                     "method")) -> None:
+    """Flags for every TrainConfig field, its data and optim sections, and every method's options."""
+    from .registry import get_method, method_names
+
+    choices = _choices()
+    seen: set[str] = set()
+    classes = {"train": TrainConfig, "data": DataConfig, "optim": OptimConfig}
+    for section in sections:
+        if section == "method":
+            group = parser.add_argument_group("method", "--method NAME and its options (each flag names the methods "
+                                                        "it belongs to)")
+            group.add_argument("--method", dest="method.method", default=None, choices=choices["method"],
+                               help="layer parameterization: " + "; ".join(
+                                   f"{n}: {get_method(n).summary}" for n in method_names()))
+            for name in method_names():
+                _add_fields(group, get_method(name).config, "method", seen, choices)
+        else:
+            _add_fields(parser.add_argument_group(section), classes[section], section, seen, choices)
 
 
 def config_from_args(ns: argparse.Namespace, base: TrainConfig | None = None) -> TrainConfig:
-    """A TrainConfig with every flag the user gave applied over ``base`` (or the defaults)."""
-    cfg = base or TrainConfig()
-    for key, value in vars(ns).items():
-        if value is None or "." not in key:
-            continue
-        section, name = key.split(".", 1)
-        target = cfg if section == "train" else getattr(cfg, section)
-        setattr(target, name, value)
-    cfg.validate()
-    return cfg
+    """A TrainConfig with every flag the user gave applied over ``base`` (or the defaults).
+
+    A method option the chosen method lacks is an error naming the flag and the methods
+    that have it.
+    """
+    from .registry import get_method, method_names
+
+    d = (base or TrainConfig()).to_dict()
+    given = {k: v for k, v in vars(ns).items() if v is not None and "." in k and k.split(".", 1)[0] in
+             ("train", "data", "optim", "method")}
+    method = given.pop("method.method", None)
+    if method is not None and method != d["method"]["method"]:
+        d["method"] = {"method": method}
+    name = d["method"]["method"]
+    own = get_method(name).config.options()
+    for key, value in given.items():
+        section, field_name = key.split(".", 1)
+        if section == "train":
+            d[field_name] = value
+        elif section == "method" and field_name not in own:
+            having = [n for n in method_names() if field_name in get_method(n).config.options()]
+            raise ConfigError(f"{_flag(field_name)} is an option of method {' or '.join(having)}, not of "
+                              f"{name!r}: add --method {having[0]} or drop the flag")
+        else:
+            d[section][field_name] = value
+    return TrainConfig.from_dict(d)
 
 
 # -- sub-commands -------------------------------------------------------------------------------
@@ -111,7 +163,7 @@ def _store(ns: argparse.Namespace):
 
 
 def cmd_train(ns: argparse.Namespace) -> int:
-    from .train import fit, resume
+    from .run import resume_run, train_run
 
     store = _store(ns)
     progress = sys.stderr.isatty() and not ns.quiet
@@ -121,11 +173,12 @@ def cmd_train(ns: argparse.Namespace) -> int:
             if given:
                 raise LowRankError(f"--resume continues run {ns.resume} with its stored config; "
                                    f"{', '.join(given)} cannot change it (start a new run instead)")
-            result = resume(ns.resume, store=store, progress=progress)
+            result = resume_run(ns.resume, store=store, progress=progress, tensorboard=ns.tensorboard,
+                                on_epoch=None if ns.quiet or ns.json else _print_epoch)
         else:
             cfg = config_from_args(ns)
-            result = fit(cfg, store=store, runs_dir=ns.runs_dir, progress=progress,
-                         on_epoch=None if ns.quiet or ns.json else _print_epoch)
+            result = train_run(cfg, store=store, runs_dir=ns.runs_dir, progress=progress, tensorboard=ns.tensorboard,
+                               on_epoch=None if ns.quiet or ns.json else _print_epoch)
     except KeyboardInterrupt:
         print("\nlowrank: interrupted; progress saved. Continue with: lowrank train --resume <run id> "
               "(`lowrank runs` lists it)", file=sys.stderr)
@@ -137,6 +190,9 @@ def cmd_train(ns: argparse.Namespace) -> int:
     else:
         s = result.summary
         acc = f"test acc {s['test_acc']:.4f}, " if s.get("test_acc") is not None else ""
+        if s.get("test_mae") is not None:
+            r2 = s.get("test_r2")
+            acc = f"test MAE {s['test_mae']:.4g}, RMSE {s['test_rmse']:.4g}, R^2 {'-' if r2 is None else f'{r2:.4f}'}, "
         print(f"run {result.run_id} finished: {acc}test loss {s['test_loss']:.4f}, "
               f"{s['epoch_time']:.2f} s/epoch, hidden weights kept "
               f"{100 * s['hidden_weights']['ratio']:.1f}% -> {result.run_dir}")
@@ -146,7 +202,9 @@ def cmd_train(ns: argparse.Namespace) -> int:
 def _final(last: dict[str, Any], summary: dict[str, Any]) -> dict[str, Any]:
     keys = ("train_loss", "train_acc", "val_loss", "val_acc")
     return {**{k: last.get(k) for k in keys}, "test_loss": summary["test_loss"],
-            "test_acc": summary["test_acc"], "epoch_time": summary["epoch_time"],
+            "test_acc": summary["test_acc"],
+            **{k: summary[k] for k in ("test_mae", "test_rmse", "test_r2") if k in summary},
+            "epoch_time": summary["epoch_time"],
             "train_time": summary["train_time"], "peak_mem": summary["peak_mem"]}
 
 
@@ -205,29 +263,74 @@ def cmd_runs(ns: argparse.Namespace) -> int:
         s = r["summary"] or {}
         acc = s.get("test_acc")
         print(f"{r['id']:>4}  {r['status']:11s} {r['method']:10s} {r['dataset']:14s} "
-              f"{r['epochs_done']:>6}  {acc if acc is None else f'{acc:.4f}':>8}  {r['name'] or ''}")
+              f"{r['epochs_done']:>6}  {'-' if acc is None else f'{acc:.4f}':>8}  {r['name'] or ''}")
     return 0
 
 
 def cmd_inspect(ns: argparse.Namespace) -> int:
-    from .convert import inspect as inspect_layers
-    from .models import mlp
+    from .convert import plan
+    from .registry import get_method
 
-    cfg = config_from_args(ns)
-    m = cfg.method
-    model = mlp(cfg.layers, cfg.activation)
-    method = "vanilla" if m.method == "dense" else m.method  # dense: show the default factorisation
-    rows = inspect_layers(model, method, rank=m.rank, energy=m.energy, param_ratio=m.param_ratio,
-                          target=m.target)
+    if ns.checkpoint is not None:
+        given = [k for k, v in vars(ns).items() if "." in k and v is not None]
+        if given:
+            raise LowRankError(f"inspect CHECKPOINT shows the stored model as it is; "
+                               f"{', '.join(_flag(k.split('.', 1)[1]) for k in given)} cannot change it")
+        cfg, model = _model_of_checkpoint(ns.checkpoint)
+    else:
+        cfg = config_from_args(ns)
+        model = _dense_model_of(cfg)
+    method = cfg.method if get_method(cfg.method.method).layers else "vanilla"  # dense: the default factorization
+    rows = plan(model, method)
     if ns.json:
         print(json.dumps(rows, default=float))
         return 0
-    print(f"{'layer':12s} {'shape (n x m)':>14s} {'rank':>5s} {'params':>9s} {'after':>9s} {'break-even':>10s}")
+    width = max([12] + [len(r["name"]) for r in rows])
+    print(f"{'layer':{width}s} {'type':>14s} {'shape (n x m)':>14s} {'rank':>5s} {'params':>9s} {'after':>9s} "
+          f"{'break-even':>10s}")
     for r in rows:
         shape = f"{r['out_features']}x{r['in_features']}"
-        print(f"{r['name']:12s} {shape:>14s} {str(r['rank'] or '-'):>5s} {r['params_before']:>9d} "
-              f"{r['params_after']:>9d} {r['break_even_rank']:>10.1f}{'' if r['convert'] else '  (kept dense)'}")
+        note = "" if r["convert"] or r["type"] != "Linear" else "  (kept dense)"
+        print(f"{r['name']:{width}s} {r['type']:>14s} {shape:>14s} {str(r['rank'] or '-'):>5s} {r['params_before']:>9d} "
+              f"{r['params_after']:>9d} {r['break_even_rank']:>10.1f}{note}")
     return 0
+
+
+def _dense_model_of(cfg: TrainConfig) -> Any:
+    """The dense model ``cfg`` describes; the data is loaded only when the model needs its shapes."""
+    from .models import build_model
+
+    args = dict(cfg.model_args)
+    if cfg.model == "mlp":
+        args.setdefault("layers", list(cfg.layers))
+        shape, outputs = (cfg.layers[0],), cfg.layers[-1]
+    else:
+        from .data import load_dataset
+
+        data = load_dataset(cfg.data, seed=cfg.seed)
+        shape, outputs = tuple(data.sample_shape), data.num_classes or 1
+    if cfg.model in ("mlp", "lenet5"):
+        args.setdefault("activation", cfg.activation)
+    return build_model(cfg.model, args, sample_shape=shape, num_outputs=outputs)
+
+
+def _model_of_checkpoint(path: str) -> tuple[TrainConfig, Any]:
+    """The config and model stored in a run folder or checkpoint file."""
+    from .checkpoint import load_model, read_checkpoint
+    from .models import build_model
+
+    ckpt = read_checkpoint(path)
+    cfg = TrainConfig.from_dict(ckpt["config"])
+    shape = ckpt.get("data_shape") or {}
+    if not shape:
+        raise LowRankError(f"checkpoint {path} does not record its data's shape; inspect it with the flags of its run")
+    args = dict(cfg.model_args)
+    if cfg.model == "mlp":
+        args.setdefault("layers", list(cfg.layers))
+    if cfg.model in ("mlp", "lenet5"):
+        args.setdefault("activation", cfg.activation)
+    model = build_model(cfg.model, args, sample_shape=tuple(shape["sample_shape"]), num_outputs=shape["num_outputs"])
+    return cfg, load_model(model, ckpt)
 
 
 def cmd_compare(ns: argparse.Namespace) -> int:
@@ -308,7 +411,7 @@ def cmd_report(ns: argparse.Namespace) -> int:
 def cmd_sweep(ns: argparse.Namespace) -> int:
     import signal
 
-    from .matrix import load_matrix
+    from .sweep_matrix import load_matrix
     from .sweep import plan_sweep, run_sweep
     from .sweep_report import write_sweep_report
 
@@ -319,9 +422,9 @@ def cmd_sweep(ns: argparse.Namespace) -> int:
     plan = plan_sweep(matrix, store)
     print(f"sweep {matrix.name}: {len(plan.states)} grid points: {plan.count('done')} done, "
           f"{plan.count('resume')} to resume, {plan.count('start')} to start"
-          + (f", {plan.count('unavailable')} unavailable" if plan.count("unavailable") else ""), flush=True)
+          , flush=True)
     for st in plan.states:
-        if st.action == "unavailable" or ns.dry_run:
+        if ns.dry_run:
             print(f"  {st.action:11s} {st.point.key}" + (f"  ({st.reason})" if st.reason else ""))
     if ns.dry_run:
         return 0
@@ -362,45 +465,50 @@ class _Parser(argparse.ArgumentParser):
 
 def build_parser() -> argparse.ArgumentParser:
     p = _Parser(prog="lowrank", description="Train and compress neural networks with low-rank weights.")
-    p.add_argument("--db", default=None, help="results database (default: $LOWRANK_DB or runs/lowrank.db)")
+    db_help = "results database (default: $LOWRANK_DB or runs/lowrank.db)"
+    p.add_argument("--db", default=None, help=db_help)
+    # Global options are accepted after the sub-command too (`lowrank runs --db x.db`).
+    common = _Parser(add_help=False)
+    common.add_argument("--db", default=argparse.SUPPRESS, help=db_help)
     sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    add = functools.partial(sub.add_parser, parents=[common])
 
-    t = sub.add_parser("train", help="train one model and store its results")
+    t = add("train", help="train one model and store its results")
     t.add_argument("--resume", type=int, metavar="RUN_ID", help="continue an interrupted run")
     t.add_argument("--runs-dir", default="runs", help="folder for run folders (default: runs)")
     t.add_argument("--json", action="store_true", help="print machine-readable results")
     t.add_argument("--quiet", action="store_true", help="no per-epoch lines or progress bar")
-    _add_dataclass_flags(t, TrainConfig, "train")
-    _add_dataclass_flags(t, DataConfig, "data")
-    _add_dataclass_flags(t, OptimConfig, "optim")
-    _add_dataclass_flags(t, MethodConfig, "method")
+    t.add_argument("--tensorboard", default=None, metavar="DIR",
+                   help="also write TensorBoard logs to DIR/<run id>-<method>")
+    _add_config_flags(t)
     t.set_defaults(func=cmd_train)
 
-    d = sub.add_parser("datasets", help="list datasets and where they were found")
+    d = add("datasets", help="list datasets and where they were found")
     d.add_argument("--data-dir", default=None)
     d.add_argument("--json", action="store_true")
     d.set_defaults(func=cmd_datasets)
 
-    r = sub.add_parser("runs", help="list runs, or show one")
+    r = add("runs", help="list runs, or show one")
     r.add_argument("action", nargs="?", choices=("list", "show"), default="list")
     r.add_argument("run_id", nargs="?", type=int)
     r.add_argument("--json", action="store_true")
     r.set_defaults(func=cmd_runs)
 
-    i = sub.add_parser("inspect", help="show which layers a conversion would touch, with ranks and sizes")
+    i = add("inspect", help="show the layers of a checkpoint, or what a conversion of a --model would do")
+    i.add_argument("checkpoint", nargs="?", default=None, help="a run folder or checkpoint file (default: build "
+                                                              "the model the flags describe)")
     i.add_argument("--json", action="store_true")
-    _add_dataclass_flags(i, TrainConfig, "train")
-    _add_dataclass_flags(i, MethodConfig, "method")
+    _add_config_flags(i)
     i.set_defaults(func=cmd_inspect)
 
-    c = sub.add_parser("compare", help="train every method of a config file and write the comparison report")
+    c = add("compare", help="train every method of a config file and write the comparison report")
     c.add_argument("--config", default=None, help="experiment TOML file (default: configs/compare-default.toml)")
     c.add_argument("--out", default=None, help="report folder (default: report/<config name>)")
     c.add_argument("--runs-dir", default="runs", help="folder for run folders (default: runs)")
     c.add_argument("--quiet", action="store_true", help="no per-epoch lines")
     c.set_defaults(func=cmd_compare)
 
-    rp = sub.add_parser("report", help="rebuild the comparison report from the database for any runs")
+    rp = add("report", help="rebuild the comparison report from the database for any runs")
     rp.add_argument("run_ids", nargs="*", type=int, metavar="RUN_ID", help="runs to include (default: by --query)")
     rp.add_argument("--query", default=None,
                     help="filter: key=value[,key=value], keys method, dataset, status, sweep, name or a "
@@ -410,7 +518,7 @@ def build_parser() -> argparse.ArgumentParser:
     rp.add_argument("--title", default="lowrank comparison", help="report heading")
     rp.set_defaults(func=cmd_report)
 
-    sw = sub.add_parser("sweep", help="run a test matrix (resumable, parallel) and write its summary report")
+    sw = add("sweep", help="run a test matrix (resumable, parallel) and write its summary report")
     sw.add_argument("matrix", help="matrix TOML file (see configs/sweep-small.toml)")
     sw.add_argument("--workers", type=int, default=1, help="parallel processes (default: 1)")
     sw.add_argument("--out", default=None, help="report folder (default: report/sweep-<name>)")

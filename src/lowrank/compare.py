@@ -11,7 +11,6 @@ The report itself is written by :mod:`lowrank.report` from the database.
 
 from __future__ import annotations
 
-import importlib
 import json
 import time
 from collections.abc import Callable
@@ -25,7 +24,7 @@ from .errors import ConfigError
 from .experiment import Experiment, RunSpec
 from .store import Store
 
-__all__ = ["RunOutcome", "DataCache", "run_experiment", "method_available", "default_config_path",
+__all__ = ["RunOutcome", "DataCache", "run_experiment", "default_config_path",
            "experiment_tag", "outcome_notes"]
 
 OnStart = Callable[[int, RunSpec], None]
@@ -41,7 +40,7 @@ class RunOutcome:
     method: str
     run_id: int | None
     status: str
-    """finished, diverged, failed or unavailable (method not implemented / not importable)."""
+    """finished, diverged or failed."""
     error: str | None
     wall_time: float
     """Seconds spent in ``fit`` (training, evaluation, checkpoints)."""
@@ -74,15 +73,6 @@ def experiment_tag(exp: Experiment) -> str:
     return f"compare:{exp.name}"
 
 
-def method_available(method: str) -> str | None:
-    """``None`` when ``lowrank.methods.<method>`` imports, else why not (one line)."""
-    try:
-        importlib.import_module(f"lowrank.methods.{method}")
-    except ImportError as e:
-        return f"not available ({type(e).__name__}: {e})"
-    return None
-
-
 def run_experiment(exp: Experiment, *, store: Store, runs_dir: str | Path = "runs",
                    data: DataCache | None = None, on_start: OnStart | None = None,
                    on_epoch: OnEpoch | None = None, on_done: OnDone | None = None) -> list[RunOutcome]:
@@ -91,7 +81,7 @@ def run_experiment(exp: Experiment, *, store: Store, runs_dir: str | Path = "run
     ``KeyboardInterrupt`` propagates (the interrupted run keeps its checkpoint and can be
     continued with ``lowrank train --resume``); any other error of one run is recorded.
     """
-    from .train import fit
+    from .run import train_run
 
     data = data or DataCache()
     tag = experiment_tag(exp)
@@ -100,25 +90,21 @@ def run_experiment(exp: Experiment, *, store: Store, runs_dir: str | Path = "run
         if on_start is not None:
             on_start(i, spec)
         method = spec.config.method.method
-        reason = method_available(method)
         t0 = time.perf_counter()
-        if reason is not None:
-            outcome = RunOutcome(spec.label, method, None, "unavailable", reason, 0.0)
-        else:
-            before = _last_id(store)
-            epoch_cb = (lambda e, row, s=spec: on_epoch(s, e, row)) if on_epoch else None
-            try:
-                res = fit(spec.config, store=store, runs_dir=runs_dir, data=data.get(spec.config),
-                          on_epoch=epoch_cb, sweep=tag, sweep_key=spec.label)
-                outcome = RunOutcome(spec.label, method, res.run_id, "finished", None, time.perf_counter() - t0)
-            except KeyboardInterrupt:
-                raise
-            except Exception as e:  # one broken method must not stop the comparison
-                run_id = _mark_failed(store, tag, spec.label, before)
-                status = store.run(run_id)["status"] if run_id else "failed"
-                msg = str(e).splitlines()[0] if str(e) else ""
-                outcome = RunOutcome(spec.label, method, run_id, status, f"{type(e).__name__}: {msg}",
-                                     time.perf_counter() - t0)
+        before = _last_id(store)
+        epoch_cb = (lambda e, row, s=spec: on_epoch(s, e, row)) if on_epoch else None
+        try:
+            res = train_run(spec.config, store=store, runs_dir=runs_dir, data=data.get(spec.config),
+                            on_epoch=epoch_cb, sweep=tag, sweep_key=spec.label)
+            outcome = RunOutcome(spec.label, method, res.run_id, "finished", None, time.perf_counter() - t0)
+        except KeyboardInterrupt:
+            raise
+        except Exception as e:  # one broken method must not stop the comparison
+            run_id = _mark_failed(store, tag, spec.label, before)
+            status = store.run(run_id)["status"] if run_id else "failed"
+            msg = str(e).splitlines()[0] if str(e) else ""
+            outcome = RunOutcome(spec.label, method, run_id, status, f"{type(e).__name__}: {msg}",
+                                 time.perf_counter() - t0)
         outcomes.append(outcome)
         if on_done is not None:
             on_done(outcome)

@@ -1,6 +1,6 @@
-"""Swap ``nn.Linear`` modules for low-rank layers by name, merge them back, inspect, rebuild.
+"""Swap ``nn.Linear`` modules for low-rank layers by name, merge them back, plan, rebuild.
 
-Selection rules (shared by :func:`convert` and :func:`inspect`), over the qualified
+Selection rules (shared by :func:`convert` and :func:`plan`), over the qualified
 names of the model's convertible ``nn.Linear`` modules (those not already inside a
 low-rank layer and not the ``out_proj`` of an ``nn.MultiheadAttention``, which
 calls its weight directly and cannot be swapped):
@@ -13,64 +13,51 @@ calls its weight directly and cannot be swapped):
 - a pattern (or list entry) that matches no Linear is a :class:`ConfigError`
   listing the names available.
 
-The rank of each selected layer comes from exactly one of ``rank``, ``energy``
-(fewest singular values holding that fraction of ``sum s^2``) or ``param_ratio``
-(two factors holding at most that fraction of the ``m n`` weights), unless
-``rank_overrides`` (name or suffix -> rank) covers every selected layer.
+The rank of each selected layer comes from ``rank_overrides`` (name or suffix -> rank),
+else the method config's :class:`~lowrank.rank.RankChoice` (``rank``, ``energy`` or
+``param_ratio``), else the method's default rank.
 """
 
 from __future__ import annotations
 
 import copy
-import importlib
+import dataclasses
 import re
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-import torch
 from torch import nn
 
 from .errors import CheckpointError, ConfigError
-from .layers import LAYER_CLASSES, LowRankLayer, is_lowrank
-from .linalg import break_even_rank, check_rank, rank_for_energy, rank_for_param_ratio
+from .layer import LowRankLayer, is_lowrank
+from .linalg import break_even_rank, check_rank
+from .method_config import FactorizedConfig, MethodConfig
+from .registry import get_method, layer_class, method_config
 
-__all__ = ["convert", "merge", "inspect", "structure", "restore_structure", "select",
-           "layer_class", "register_method", "METHOD_LAYERS"]
+__all__ = ["convert", "merge", "plan", "structure", "restore_structure", "select", "method_options"]
 
 Pattern = str | Sequence[str] | None
 
-#: method name -> "module:Class" of its layer (or the class itself); paths are resolved
-#: lazily so optional layers (DLRT) are imported only when used. Extend with :func:`register_method`.
-METHOD_LAYERS: dict[str, str | type[LowRankLayer]] = {
-    "vanilla": "lowrank.layers.lowrank_linear:LowRankLinear",
-    "twofactor": "lowrank.layers.two_factor:TwoFactorLinear",
-    "svd": "lowrank.layers.svd_linear:SVDLinear",
-    "lora": "lowrank.layers.lora:LoRALinear",
-    "dlrt": "lowrank.layers.dlrt:DLRTLinear",
-}
+
+def method_options(method: str | MethodConfig, options: Mapping[str, Any]) -> FactorizedConfig:
+    """The config of ``method`` (a name or a config) with ``options`` (its field names) applied;
+    an option the method lacks, or a method that converts no layer, is a ConfigError."""
+    if isinstance(method, MethodConfig):
+        try:
+            cfg = dataclasses.replace(method, **options) if options else method
+        except TypeError:
+            cfg = method_config(method.method, **{**dataclasses.asdict(method), **options})
+    else:
+        cfg = method_config(method, **options)
+    if not isinstance(cfg, FactorizedConfig) or not get_method(cfg.method).layers:
+        raise ConfigError(f"method {cfg.method!r} converts no layer; methods that do: "
+                          f"{', '.join(_converting_methods())}")
+    return cfg
 
 
-def register_method(method: str, layer: str | type[LowRankLayer]) -> None:
-    """Map ``method`` to a layer class or a lazy ``"module:Class"`` path.
-
-    The class needs ``from_linear(linear, rank, **options)`` and the
-    :class:`~lowrank.layers.LowRankLayer` interface.
-    """
-    METHOD_LAYERS[method] = layer
-
-
-def layer_class(method: str) -> type[LowRankLayer]:
-    """The layer class of ``method`` (importing its module on first use)."""
-    if method not in METHOD_LAYERS:
-        raise ConfigError(f"method {method!r} has no layer; known: {', '.join(METHOD_LAYERS)}")
-    entry = METHOD_LAYERS[method]
-    if isinstance(entry, type):
-        return entry
-    module, _, name = entry.partition(":")
-    try:
-        return getattr(importlib.import_module(module), name)
-    except (ImportError, AttributeError) as e:
-        raise ConfigError(f"method {method!r}: cannot load layer {METHOD_LAYERS[method]} ({e})") from e
+def _converting_methods() -> list[str]:
+    from .registry import method_names
+    return [n for n in method_names() if get_method(n).layers]
 
 
 # ---------------------------------------------------------------------------- selection
@@ -126,17 +113,6 @@ def select(model: nn.Module, target: Pattern = None, exclude: Pattern = None) ->
 
 # ---------------------------------------------------------------------------- ranks
 
-def _rank_rule(rank: int | None, energy: float | None, param_ratio: float | None) -> str | None:
-    given = [k for k, v in (("rank", rank), ("energy", energy), ("param_ratio", param_ratio)) if v is not None]
-    if len(given) > 1:
-        raise ConfigError(f"give exactly one of rank, energy, param_ratio (got {', '.join(given)})")
-    if energy is not None and not 0 < energy <= 1:
-        raise ConfigError(f"energy must be in (0, 1], got {energy}")
-    if param_ratio is not None and not 0 < param_ratio <= 1:
-        raise ConfigError(f"param_ratio must be in (0, 1], got {param_ratio}")
-    return given[0] if given else None
-
-
 def _override_for(name: str, overrides: Mapping[str, int]) -> int | None:
     """The override for ``name``: an exact key wins over the longest matching suffix."""
     if name in overrides:
@@ -145,34 +121,25 @@ def _override_for(name: str, overrides: Mapping[str, int]) -> int | None:
     return overrides[keys[0]] if keys else None
 
 
-def _choose_ranks(linears: Mapping[str, nn.Linear], chosen: Sequence[str], *, rank: int | None,
-                  energy: float | None, param_ratio: float | None,
-                  rank_overrides: Mapping[str, int] | None, required: bool = True) -> dict[str, int | None]:
-    """Name -> validated rank for every chosen layer (``None`` only when ``required`` is False)."""
-    rule = _rank_rule(rank, energy, param_ratio)
+def _choose_ranks(linears: Mapping[str, nn.Linear], chosen: Sequence[str], cfg: FactorizedConfig,
+                  rank_overrides: Mapping[str, int] | None) -> dict[str, int]:
+    """Name -> validated rank for every chosen layer: its override, else ``cfg``'s rank rule,
+    else the method's default rank for its shape."""
     overrides = dict(rank_overrides or {})
     for key in overrides:
         if not any(_matches(n, [key]) for n in chosen):
             raise ConfigError(f"rank_overrides key {key!r} matches no selected layer; selected: "
                               f"{', '.join(chosen) or '(none)'}")
-    ranks: dict[str, int | None] = {}
+    ranks: dict[str, int] = {}
     for name in chosen:
         lin = linears[name]
         n, m = lin.out_features, lin.in_features
         r = _override_for(name, overrides)
         if r is None:
-            if rule == "rank":
-                r = rank
-            elif rule == "energy":
-                w = lin.weight.detach()
-                s = torch.linalg.svdvals(w if w.dtype in (torch.float32, torch.float64) else w.float())
-                r = rank_for_energy(s, energy)
-            elif rule == "param_ratio":
-                r = rank_for_param_ratio(n, m, param_ratio)
-            elif required:
-                raise ConfigError(f"layer {name!r} ({n}x{m}) has no rank: give exactly one of "
-                                  f"rank, energy, param_ratio, or a rank_overrides entry")
-        ranks[name] = None if r is None else check_rank(r, n, m, f"layer {name!r}")
+            r = cfg.rank_of(lin.weight)
+        if r is None:
+            r = cfg.default_rank(n, m)
+        ranks[name] = check_rank(r, n, m, f"layer {name!r}")
     return ranks
 
 
@@ -185,27 +152,45 @@ def _set_module(model: nn.Module, name: str, new: nn.Module) -> None:
     setattr(parent, child, new)
 
 
-def convert(model: nn.Module, method: str = "vanilla", *, rank: int | None = None,
-            energy: float | None = None, param_ratio: float | None = None, target: Pattern = None,
+def convert(model: nn.Module, method: str | MethodConfig = "vanilla", *, target: Pattern = None,
             exclude: Pattern = None, rank_overrides: Mapping[str, int] | None = None,
             inplace: bool = False, **options: Any) -> nn.Module:
-    """Replace the selected ``nn.Linear`` modules by ``method``'s layer, built with ``from_linear``.
+    """Replace the selected ``nn.Linear`` modules of ``model`` by ``method``'s low-rank layer.
 
-    Every rank is validated before anything is replaced, so a :class:`RankError`
-    (naming the layer and its shape) leaves ``model`` untouched. ``options`` go to
-    the layer's ``from_linear`` (``init_decay``, ``lambda_orth``, ``alpha`` ...).
-    Returns the converted model: ``model`` itself when ``inplace``, else a deep copy.
+    ``method`` is a registered name (``vanilla``, ``twofactor``, ``svd``, ``lora``, ``dlrt``,
+    ...) or that method's config object; ``options`` are its config's fields, with the same
+    names and defaults as the CLI flags (``rank``, ``energy``, ``param_ratio``,
+    ``lora_alpha``, ``lambda_orth``, ``max_rank``, ...).
+
+    Selection (over the qualified names of the convertible Linears):
+
+    - ``target=None`` (and no ``target`` in the config): every Linear but the last in
+      module order (the output layer);
+    - ``target`` a ``str``: a regex that must match the whole name;
+    - ``target`` a list: each entry matches a name exactly or as a dotted suffix;
+    - ``exclude``: the same rules, removed from the selection; a pattern that matches no
+      Linear is a :class:`ConfigError` listing the names available.
+
+    Rank of each selected layer: its ``rank_overrides`` entry (name or dotted suffix),
+    else the rule given (``rank``; ``energy``: fewest singular values holding that fraction
+    of ``sum s^2``; ``param_ratio``: two factors holding at most that fraction of the
+    ``m n`` weights), else the method's default. Every rank is validated before anything
+    is replaced, so a :class:`RankError` (naming the layer and its shape) leaves ``model``
+    untouched. Returns the converted model: ``model`` itself when ``inplace``, else a deep
+    copy. :func:`merge` is the inverse.
     """
-    cls = layer_class(method)
+    cfg = method_options(method, options)
+    cls = get_method(cfg.method).layers[0]
+    target = cfg.target if target is None else target
     linears = _convertible_linears(model)
     chosen = select(model, target, exclude)
-    ranks = _choose_ranks(linears, chosen, rank=rank, energy=energy, param_ratio=param_ratio,
-                          rank_overrides=rank_overrides)
+    ranks = _choose_ranks(linears, chosen, cfg, rank_overrides)
     if not inplace:
         model = copy.deepcopy(model)
         linears = _convertible_linears(model)
+    layer_options = cfg.layer_options()
     for name in chosen:
-        _set_module(model, name, cls.from_linear(linears[name], ranks[name], **options))
+        _set_module(model, name, cls.from_linear(linears[name], ranks[name], **layer_options))
     return model
 
 
@@ -236,37 +221,29 @@ def _dense_count(m: int, n: int, bias: bool) -> int:
     return m * n + (n if bias else 0)
 
 
-def _factored_count(cls: type, m: int, n: int, r: int, bias: bool) -> int:
-    """Inference weights of ``cls`` at rank ``r``, from its class-level formula when it has one."""
-    formula = getattr(cls, "count_params", None)
-    if formula is not None:
-        return int(formula(m, n, r, bias))
-    return r * (m + n) + (n if bias else 0)
-
-
-def inspect(model: nn.Module, method: str = "vanilla", *, rank: int | None = None,
-            energy: float | None = None, param_ratio: float | None = None, target: Pattern = None,
-            exclude: Pattern = None, rank_overrides: Mapping[str, int] | None = None) -> list[dict[str, Any]]:
+def plan(model: nn.Module, method: str | MethodConfig = "vanilla", *, target: Pattern = None,
+         exclude: Pattern = None, rank_overrides: Mapping[str, int] | None = None,
+         **options: Any) -> list[dict[str, Any]]:
     """One row per Linear-like layer: what :func:`convert` with the same arguments would do.
 
     Row keys: ``name``, ``type`` (class name), ``in_features``, ``out_features``, ``rank``
     (chosen rank for a selected Linear, current rank for a low-rank layer, ``None`` for a
-    Linear kept dense or when no rank rule was given), ``params_before`` (dense ``m n + n``),
-    ``params_after`` (inference weights after conversion by ``method``; unchanged when the
-    layer is kept or no rank rule was given), ``break_even_rank`` (``m n / (m + n)``) and
-    ``convert`` (selected). Nothing is modified.
+    Linear kept dense), ``params_before`` (dense ``m n + n``), ``params_after`` (inference
+    weights after conversion by ``method``; unchanged when the layer is kept),
+    ``break_even_rank`` (``m n / (m + n)``) and ``convert`` (selected). Nothing is modified.
     """
+    cfg = method_options(method, options)
+    cls = get_method(cfg.method).layers[0]
+    target = cfg.target if target is None else target
     linears = _convertible_linears(model)
     chosen = set(select(model, target, exclude))
-    ranks = _choose_ranks(linears, [n for n in linears if n in chosen], rank=rank, energy=energy,
-                          param_ratio=param_ratio, rank_overrides=rank_overrides, required=False)
-    cls = layer_class(method)
+    ranks = _choose_ranks(linears, [n for n in linears if n in chosen], cfg, rank_overrides)
     rows: list[dict[str, Any]] = []
     for name, mod in model.named_modules():
         if isinstance(mod, nn.Linear) and name in linears:
             m, n, bias = mod.in_features, mod.out_features, mod.bias is not None
             r = ranks.get(name)
-            after = _factored_count(cls, m, n, r, bias) if r is not None else _dense_count(m, n, bias)
+            after = cls.count_params(m, n, r, bias) if r is not None else _dense_count(m, n, bias)
         elif is_lowrank(mod):
             m, n, bias = mod.in_features, mod.out_features, mod.bias_tensor is not None
             r, after = mod.rank, mod.num_params()
@@ -293,28 +270,15 @@ def structure(model: nn.Module) -> dict[str, dict[str, Any]]:
     return out
 
 
-def _layer_class_by_name(cls_name: str) -> type[LowRankLayer]:
-    if cls_name not in LAYER_CLASSES:
-        # Optional layers register themselves on import (e.g. DLRTLinear): try the known ones.
-        for path in [p for p in METHOD_LAYERS.values() if isinstance(p, str)]:
-            try:
-                importlib.import_module(path.partition(":")[0])
-            except ImportError:
-                pass
-    if cls_name not in LAYER_CLASSES:
-        raise CheckpointError(f"layer class {cls_name!r} is not registered; known: {', '.join(LAYER_CLASSES)}")
-    return LAYER_CLASSES[cls_name]
-
-
 def restore_structure(model: nn.Module, struct: Mapping[str, Mapping[str, Any]]) -> nn.Module:
-    """In place: replace each named module by ``LAYER_CLASSES[cls](**spec)`` (fresh values).
+    """In place: replace each named module by ``layer_class(cls)(**spec)`` (the registry's class of that name) (fresh values).
 
     Afterwards ``model.load_state_dict`` of the model :func:`structure` was taken from
     succeeds. Each new layer takes the device and floating dtype of the module it replaces.
     Returns ``model``.
     """
     for name, rec in struct.items():
-        cls = _layer_class_by_name(rec["cls"])
+        cls = layer_class(rec["cls"])
         try:
             old = model.get_submodule(name)
         except AttributeError:

@@ -34,14 +34,23 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .config import DataConfig, MethodConfig, OptimConfig, TrainConfig
+from .config import DataConfig, OptimConfig, TrainConfig
 from .errors import ConfigError
+from .registry import get_method, method_names
 
 __all__ = ["RunSpec", "Experiment", "load_experiment", "read_toml", "apply_overrides", "SECTIONS",
            "config_paths"]
 
-#: TrainConfig fields that are sections, with their dataclasses.
-SECTIONS: dict[str, type] = {"data": DataConfig, "optim": OptimConfig, "method": MethodConfig}
+#: TrainConfig fields that are sections, with their dataclasses (``method``: see :func:`method_keys`).
+SECTIONS: dict[str, type | None] = {"data": DataConfig, "optim": OptimConfig, "method": None}
+
+
+def method_keys() -> list[str]:
+    """Keys of a ``method`` table: ``method`` and every registered method's options."""
+    keys = ["method"]
+    for name in method_names():
+        keys += [k for k in get_method(name).config.options() if k not in keys]
+    return keys
 
 _TOP_KEYS = {"name", "title", "description", "base", "runs"}
 _RUN_META = {"label"}
@@ -76,8 +85,8 @@ class Experiment:
 def config_paths() -> set[str]:
     """Every settable config key as a dotted path: ``epochs``, ``optim.lr``, ``method.rank`` ..."""
     paths = {f.name for f in dataclasses.fields(TrainConfig) if f.name not in SECTIONS}
-    for sec, cls in SECTIONS.items():
-        paths |= {f"{sec}.{f.name}" for f in dataclasses.fields(cls)}
+    for sec in SECTIONS:
+        paths |= {f"{sec}.{name}" for name in _fields(sec)}
     return paths
 
 
@@ -102,7 +111,8 @@ def apply_overrides(cfg: dict[str, Any], overrides: dict[str, Any], where: str) 
     """A copy of the TrainConfig dict ``cfg`` with ``overrides`` applied.
 
     ``overrides`` holds top-level fields and section tables (``{"optim": {"lr": 0.1}}``)
-    or dotted keys (``{"optim.lr": 0.1}``). ``where`` (e.g. ``"runs[2] of configs/x.toml"``)
+    or dotted keys (``{"optim.lr": 0.1}``). Naming another method (``method.method``)
+    starts that method's table afresh: options of the previous method do not carry over. ``where`` (e.g. ``"runs[2] of configs/x.toml"``)
     goes into the error message of an unknown key.
     """
     out = copy.deepcopy(cfg)
@@ -117,10 +127,12 @@ def apply_overrides(cfg: dict[str, Any], overrides: dict[str, Any], where: str) 
             if k in SECTIONS:
                 if not isinstance(v, dict):
                     raise ConfigError(f"{k!r} in {where} must be a table of {k} fields, got {v!r}")
+                if k == "method" and "method" in v and v["method"] != out["method"].get("method"):
+                    out["method"] = {}
                 for name, val in v.items():
                     if f"{k}.{name}" not in known:
                         raise ConfigError(f"unknown key {k}.{name!r} in {where} "
-                                          f"(known {k} keys: {', '.join(sorted(_fields(SECTIONS[k])))})")
+                                          f"(known {k} keys: {', '.join(sorted(_fields(k)))})")
                     out[k][name] = _plain(val)
             elif k in known:
                 out[k] = _plain(v)
@@ -164,8 +176,9 @@ def load_experiment(path: str | Path) -> Experiment:
                       description=str(doc.get("description", "")), runs=runs, source=path, base=base)
 
 
-def _fields(cls: type) -> list[str]:
-    return [f.name for f in dataclasses.fields(cls)]
+def _fields(section: str) -> list[str]:
+    cls = SECTIONS[section]
+    return method_keys() if cls is None else [f.name for f in dataclasses.fields(cls)]
 
 
 def _plain(value: Any) -> Any:

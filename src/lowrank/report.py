@@ -59,17 +59,12 @@ def run_label(config: dict[str, Any]) -> str:
     """A short human label of a run: its name, else method and the options that tell it apart."""
     if config.get("name"):
         return str(config["name"])
-    m, o = config["method"], config["optim"]
+    from .registry import get_method, method_names
+
+    m = config["method"]
     method = m["method"]
-    if method == "dense":
-        text = f"dense {o['optimizer']}"
-        if o.get("momentum"):
-            text += f" momentum {o['momentum']:g}"
-        if o.get("clip"):
-            text += f" clip {o['clip']:g}"
-        return text
-    if method == "dlrt":
-        return f"DLRT {m['integrator']}" + (" adaptive" if m.get("adaptive") else f" r{m.get('rank')}")
+    if method in method_names() and get_method(method).label is not None:
+        return get_method(method).label(config)
     return f"{method} r{m['rank']}" if m.get("rank") else method
 
 

@@ -8,47 +8,43 @@ the two-factor warm-up switch) subclass :class:`Stepper`.
 
 from __future__ import annotations
 
-import math
-from collections.abc import Callable, Iterable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
 
-from .config import OptimConfig
-from .errors import ConfigError
-from .layers.base import is_lowrank
+from .layer import is_lowrank
+from .losses import LossFn
+from .optimizers import make_optimizer
 
-__all__ = ["Stepper", "make_optimizer", "penalty", "lr_scale", "LossFn"]
+if TYPE_CHECKING:
+    from .config import OptimConfig
 
-LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
-
-
-def make_optimizer(params: Iterable[torch.Tensor] | Iterable[dict], cfg: OptimConfig) -> torch.optim.Optimizer:
-    """The torch optimizer named by ``cfg`` over ``params``."""
-    params = list(params)
-    tensors = [t for p in params for t in (p["params"] if isinstance(p, dict) else [p])]
-    # fused: one C++/CUDA kernel per parameter for the whole update (on CPU about 2.5x less
-    # time than foreach, which there is a loop of per-tensor ops); foreach elsewhere.
-    fast = ({"fused": True} if all(t.device.type in ("cpu", "cuda") and t.is_floating_point() for t in tensors)
-            else {"foreach": True})
-    if cfg.optimizer == "sgd":
-        return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay, **fast)
-    if cfg.optimizer == "adam":
-        return torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay, **fast)
-    if cfg.optimizer == "adamw":
-        return torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay, **fast)
-    raise ConfigError(f"optimizer {cfg.optimizer!r} is not one of sgd, adam, adamw")
+__all__ = ["Stepper", "penalty", "trainable", "replace_param"]
 
 
-def lr_scale(schedule: str, progress: float) -> float:
-    """Factor on the base learning rate at ``progress`` = steps done / total steps, in [0, 1]."""
-    if schedule == "cosine":
-        return 0.5 * (1.0 + math.cos(math.pi * min(max(progress, 0.0), 1.0)))
-    return 1.0
+def trainable(model: nn.Module) -> list[nn.Parameter]:
+    """The parameters that require grad, in module order (the order optimizers see them)."""
+    return [p for p in model.parameters() if p.requires_grad]
 
 
-def penalty(model: nn.Module, cfg: OptimConfig) -> torch.Tensor | float:
+def replace_param(optimizer: torch.optim.Optimizer, old: torch.Tensor, new: torch.Tensor,
+                  idx: torch.Tensor) -> None:
+    """Put ``new`` in ``old``'s place in ``optimizer``, carrying its state over.
+
+    ``new`` must be ``old`` restricted to the indices ``idx`` of its last dimension;
+    every state tensor shaped like ``old`` (momentum, Adam's moments) is restricted the
+    same way, other state (step counters) is kept as is.
+    """
+    for group in optimizer.param_groups:
+        group["params"] = [new if p is old else p for p in group["params"]]
+    state = optimizer.state.pop(old, None)
+    if state is not None:
+        optimizer.state[new] = {k: v.index_select(-1, idx) if torch.is_tensor(v) and v.shape == old.shape else v
+                                for k, v in state.items()}
+
+
+def penalty(model: nn.Module, cfg: "OptimConfig") -> torch.Tensor | float:
     """L1/L2 penalties over trainable weight tensors plus every low-rank layer's own regulariser.
 
     Biases (1-D tensors) are not penalised.
@@ -74,12 +70,12 @@ class Stepper:
     the task loss of the batch (without penalties) as a 0-d tensor, detached.
     """
 
-    def __init__(self, model: nn.Module, cfg: OptimConfig, total_steps: int = 0):
+    def __init__(self, model: nn.Module, cfg: "OptimConfig", total_steps: int = 0):
         self.model = model
         self.cfg = cfg
         self.total_steps = total_steps
         self.steps = 0
-        self.optimizer = make_optimizer([p for p in model.parameters() if p.requires_grad], cfg)
+        self.optimizer = make_optimizer(trainable(model), cfg)
         # Seconds spent in the method's own linear algebra vs forward/backward (DLRT fills both).
         self.timings: dict[str, float] = {}
 
@@ -94,6 +90,16 @@ class Stepper:
         self.optimizer.step()
         self.steps += 1
         return loss.detach()
+
+    def optimizer_is_stale(self) -> bool:
+        """True when the optimizer does not hold exactly the model's trainable parameters
+        (a method replaced layers: a two-factor switch, energy pruning, a restored structure)."""
+        held = [p for g in self.optimizer.param_groups for p in g["params"]]
+        return [id(p) for p in held] != [id(p) for p in trainable(self.model)]
+
+    def rebuild_optimizer(self) -> None:
+        """A fresh optimizer (empty state) over the model's current trainable parameters."""
+        self.optimizer = make_optimizer(trainable(self.model), self.cfg)
 
     def set_lr_scale(self, factor: float) -> None:
         """Set every parameter group's learning rate to ``factor`` times the configured one."""

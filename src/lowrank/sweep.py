@@ -5,8 +5,8 @@ Resumption rules (per grid point, by its stable key; see :mod:`lowrank.matrix`):
 - a run of the point that is ``finished`` or ``diverged`` counts as done: skipped;
 - else the newest run of the point that has a run folder (``running``, ``interrupted``
   or ``failed``: left by a killed or broken sweep) is continued with
-  :func:`lowrank.train.resume` from its last checkpoint, in the same database row;
-- else a new run is started with :func:`lowrank.train.fit`.
+  :func:`lowrank.run.resume_run` from its last checkpoint, in the same database row;
+- else a new run is started with :func:`lowrank.run.train_run`.
 
 So a killed sweep, started again, never repeats a finished run and never loses one.
 One sweep driver at a time per database and sweep name is enforced with a lock file
@@ -32,10 +32,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .compare import DataCache, method_available
+from .compare import DataCache
 from .config import TrainConfig
 from .errors import LowRankError
-from .matrix import GridPoint, Matrix
+from .sweep_matrix import GridPoint, Matrix
 from .store import Store
 
 __all__ = ["PointState", "SweepPlan", "plan_sweep", "run_sweep", "sweep_runs", "TERMINAL"]
@@ -52,7 +52,7 @@ class PointState:
 
     point: GridPoint
     action: str
-    """done, resume, start or unavailable."""
+    """done, resume or start."""
     run_id: int | None
     reason: str | None = None
 
@@ -80,18 +80,11 @@ def plan_sweep(matrix: Matrix, store: Store) -> SweepPlan:
     """Decide, from the database, which points are done, to resume or to start."""
     by_key = sweep_runs(store, matrix.name)
     plan = SweepPlan(matrix)
-    unavailable: dict[str, str | None] = {}
     for p in matrix.points:
         rows = by_key.get(p.key, [])
         done = [r for r in rows if r["status"] in TERMINAL]
         if done:
             plan.states.append(PointState(p, "done", done[-1]["id"]))
-            continue
-        method = p.config.method.method
-        if method not in unavailable:
-            unavailable[method] = method_available(method)
-        if unavailable[method]:
-            plan.states.append(PointState(p, "unavailable", None, unavailable[method]))
             continue
         live = [r for r in rows if r["run_dir"]]
         plan.states.append(PointState(p, "resume", live[-1]["id"]) if live else PointState(p, "start", None))
@@ -157,7 +150,7 @@ def _task(state: PointState, sweep: str, runs_dir: str) -> dict[str, Any]:
 
 def _execute(store: Store, data: DataCache, task: dict[str, Any]) -> dict[str, Any]:
     """Run (or continue) one grid point; errors other than interrupts become a 'failed' result."""
-    from .train import fit, resume
+    from .run import resume_run, train_run
 
     t0 = time.perf_counter()
     cfg = TrainConfig.from_dict(task["config"])
@@ -165,10 +158,10 @@ def _execute(store: Store, data: DataCache, task: dict[str, Any]) -> dict[str, A
     out = {"key": task["key"], "run_id": run_id, "resumed": run_id is not None, "error": None, "test_acc": None}
     try:
         if run_id is not None:
-            res = resume(run_id, store=store, data=data.get(cfg))
+            res = resume_run(run_id, store=store, data=data.get(cfg))
         else:
-            res = fit(cfg, store=store, runs_dir=task["runs_dir"], data=data.get(cfg),
-                      sweep=task["sweep"], sweep_key=task["key"])
+            res = train_run(cfg, store=store, runs_dir=task["runs_dir"], data=data.get(cfg),
+                            sweep=task["sweep"], sweep_key=task["key"])
         out.update(run_id=res.run_id, status="finished", test_acc=res.summary.get("test_acc"))
     except KeyboardInterrupt:
         raise

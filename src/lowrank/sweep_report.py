@@ -14,7 +14,7 @@ from typing import Any
 
 from . import plots
 from .document import Document, Image, ReportFiles, Section, Table, write_document
-from .matrix import Matrix, format_value
+from .sweep_matrix import Matrix, format_value
 from .store import Store
 from .sweep import TERMINAL, sweep_runs
 

@@ -1,5 +1,9 @@
 """Named datasets: where their files are searched, how they are decoded, how they are split.
 
+:func:`load_dataset` also takes a path instead of a name: a ``.npz`` file, a
+``.csv`` / ``.csv.gz`` file or an image folder (:mod:`lowrank.data.files`). A
+registered name always wins; write ``./mnist`` for a folder called ``mnist``.
+
 A dataset is a :class:`DatasetSpec` in :data:`DATASETS` (name -> spec); a new
 format is added by writing a reader module and registering one spec.
 
@@ -25,15 +29,16 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import torch
 
-from ..config import DataConfig
+from .config import DataConfig
 from ..errors import ConfigError, CorruptFileError, DatasetNotFoundError
 from .cache import cache_root, cached_arrays
-from .dataset import ArrayDataset, Splits
+from .dataset import Splits
+from .files import dataset_path, load_file_dataset, looks_like_path, searched_paths
 from .hoda import read_hoda
 from .idx import read_idx
 from .mnist_csv import read_mnist_csv
+from .prepare import Prepared, build_splits
 
 __all__ = ["DatasetSpec", "DatasetInfo", "RawData", "DATASETS", "register", "search_places",
            "find_dataset", "list_datasets", "load_raw", "load_dataset"]
@@ -360,85 +365,60 @@ def load_raw(name: str, data_dir: str | os.PathLike[str] | None = None, *,
     return raw
 
 
-def _validate(cfg: DataConfig) -> None:
-    if not 0.0 <= cfg.val_fraction < 1.0:
-        raise ConfigError(f"val_fraction must be in [0, 1), got {cfg.val_fraction}")
-    for field_name in ("train_size", "test_size"):
-        v = getattr(cfg, field_name)
-        if v is not None and (not isinstance(v, int) or v <= 0):
-            raise ConfigError(f"{field_name} must be a positive integer or None, got {v!r}")
+def _unknown(cfg: DataConfig) -> ConfigError:
+    names = ", ".join(sorted(DATASETS))
+    looked = ", ".join(str(p) for p in searched_paths(cfg.dataset, cfg.data_dir))
+    if looks_like_path(cfg.dataset):
+        return ConfigError(f"dataset path {cfg.dataset!r} not found (looked for {looked}) and it is not a "
+                           f"registered dataset either ({names}); give an existing .npz, .csv or .csv.gz "
+                           f"file or image folder")
+    return ConfigError(f"dataset {cfg.dataset!r} is not one of the registered datasets: {names}, nor an "
+                       f"existing .npz, .csv or .csv.gz file or image folder (looked for {looked})")
 
 
-def _moments(x: np.ndarray) -> tuple[float, float]:
-    """Exact mean and std of a ``uint8`` array scaled to [0, 1], via a 256-bin histogram."""
-    hist = torch.bincount(torch.from_numpy(np.ascontiguousarray(x)).reshape(-1), minlength=256)
-    h = hist.numpy().astype(np.float64)
-    n = h.sum()
-    if n == 0:
-        return 0.0, 1.0
-    v = np.arange(256, dtype=np.float64) / 255.0
-    mean = float((h * v).sum() / n)
-    var = float((h * (v - mean) ** 2).sum() / n)
-    return mean, var ** 0.5
-
-
-def _tensor(x: np.ndarray, index: np.ndarray | None, mean: float, std: float) -> torch.Tensor:
-    a = x if index is None else x[index]
-    t = torch.from_numpy(np.ascontiguousarray(a)).reshape(len(a), -1).to(torch.float32)
-    t.div_(255.0)
-    if mean != 0.0:
-        t.sub_(mean)
-    if std != 1.0:
-        t.div_(std)
-    return t
+def _prepare_registered(cfg: DataConfig, use_cache: bool) -> Prepared:
+    spec = _spec(cfg.dataset)
+    raw = load_raw(cfg.dataset, cfg.data_dir, use_cache=use_cache)
+    shape = tuple(int(s) for s in raw.x_train.shape[1:])
+    if len(shape) == 2:
+        shape = (1,) + shape  # grey images: one channel
+    return Prepared(raw.x_train, raw.y_train.astype(np.int64), raw.x_test, raw.y_test.astype(np.int64),
+                    name=spec.name, num_classes=spec.num_classes, sample_shape=shape,
+                    sources=list(raw.sources))
 
 
 def load_dataset(cfg: DataConfig, seed: int = 0, *, use_cache: bool = True) -> Splits:
     """Load the dataset ``cfg`` names as float32 (N, D) tensors in [0, 1] (or standardised).
 
+    ``cfg.dataset`` is a registered name (see :data:`DATASETS`) or the path of
+    a ``.npz`` file, a ``.csv`` / ``.csv.gz`` file or an image folder (see
+    :mod:`lowrank.data.files` for the formats). Then, for every kind of data
+    (details in :mod:`lowrank.data.prepare`):
+
+    - data without a test split of its own: ``test_fraction`` of it, chosen at
+      random (seeded by ``seed``), becomes the test set.
     - ``train_size``: a random subset of that many training samples (seeded by
       ``seed``; capped at the training set's size).
     - ``val_fraction``: that fraction of the (subset) training samples, chosen
       at random (seeded), held out as ``Splits.val``.
     - ``test_size``: the first that many test samples.
-    - ``normalize``: subtract the training split's mean and divide by its std
-      (one scalar each, recorded in the result); else mean 0, std 1.
+    - 8-bit (uint8) inputs, such as every image dataset, are scaled to [0, 1].
+    - ``normalize``: subtract the training split's mean and divide by its std:
+      one scalar each for 8-bit data, one per feature for other data (recorded
+      in the result); else mean 0, std 1. Regression targets are left as they are.
 
     ``cfg.noise`` is not applied here (the trainer adds it to each batch).
-    Index order within each split follows the files'.
+    Index order within each split follows the files'. Raises
+    :class:`~lowrank.errors.ConfigError` for an unknown name or missing path
+    (listing the registered names) and for impossible options, and the
+    readers' :class:`~lowrank.errors.CorruptFileError` for malformed files.
     """
-    _validate(cfg)
-    spec = _spec(cfg.dataset)
-    raw = load_raw(cfg.dataset, cfg.data_dir, use_cache=use_cache)
-    n = len(raw.x_train)
-    train_idx: np.ndarray | None = None
-    val_idx: np.ndarray | None = None
-    if cfg.train_size is not None or cfg.val_fraction > 0:
-        rng = np.random.default_rng(seed)
-        chosen = rng.permutation(n)[: min(cfg.train_size or n, n)]
-        n_val = int(round(cfg.val_fraction * len(chosen)))
-        if cfg.val_fraction > 0 and not 1 <= n_val < len(chosen):
-            raise ConfigError(
-                f"val_fraction {cfg.val_fraction} of {len(chosen)} training samples leaves "
-                f"{n_val} for validation and {len(chosen) - n_val} for training; both must be >= 1"
-            )
-        val_idx = np.sort(chosen[:n_val]) if n_val else None
-        train_idx = np.sort(chosen[n_val:])
-    test_idx = None if cfg.test_size is None else np.arange(min(cfg.test_size, len(raw.x_test)))
-    xtr = raw.x_train if train_idx is None else raw.x_train[train_idx]
-    mean, std = _moments(xtr) if cfg.normalize else (0.0, 1.0)
-    if std <= 0.0:
-        std = 1.0
-    ytr = raw.y_train if train_idx is None else raw.y_train[train_idx]
-
-    def labels(y: np.ndarray) -> torch.Tensor:
-        return torch.from_numpy(y.astype(np.int64))
-
-    train = ArrayDataset(_tensor(xtr, None, mean, std), labels(ytr))
-    val = None
-    if val_idx is not None:
-        val = ArrayDataset(_tensor(raw.x_train, val_idx, mean, std), labels(raw.y_train[val_idx]))
-    yte = raw.y_test if test_idx is None else raw.y_test[test_idx]
-    test = ArrayDataset(_tensor(raw.x_test, test_idx, mean, std), labels(yte))
-    return Splits(train=train, test=test, val=val, name=spec.name, num_classes=spec.num_classes,
-                  input_dim=train.input_dim, sources=list(raw.sources), mean=mean, std=std)
+    cfg.validate()
+    if cfg.dataset in DATASETS:
+        prepared = _prepare_registered(cfg, use_cache)
+    else:
+        path = dataset_path(cfg.dataset, cfg.data_dir)
+        if path is None:
+            raise _unknown(cfg)
+        prepared = load_file_dataset(path, cfg, use_cache=use_cache)
+    return build_splits(prepared, cfg, seed)

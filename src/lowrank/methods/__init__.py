@@ -1,41 +1,20 @@
-"""Registry of training methods.
+"""The built-in methods, one sub-package each; importing this package registers them all.
 
-Each method is a module in this package with two functions:
-
-``prepare(model: nn.Module, cfg: TrainConfig) -> nn.Module``
-    turn a freshly built dense model into the method's form (convert layers,
-    load a base checkpoint, freeze weights ...);
-``make_stepper(model: nn.Module, cfg: TrainConfig, total_steps: int) -> Stepper``
-    the object that performs one training step (see :mod:`lowrank.stepper`).
-
-The trainer only calls :func:`prepare` and :func:`make_stepper`.
+A method's package holds its config (``config.py``: that method's fields only), its
+layer(s) (``layer.py``) and, when it needs more than the plain step, its training step
+(``step.py``), and ends with one :func:`lowrank.registry.register_method` call. Adding a
+method is adding a folder here (or a module named in ``$LOWRANK_PLUGINS``): nothing else
+changes.
 """
 
 from __future__ import annotations
 
 import importlib
-from types import ModuleType
+import pkgutil
 
-from torch import nn
+#: Built-ins in the order the CLI and reports list them; any other sub-package follows by name.
+_ORDER = ("dense", "vanilla", "twofactor", "svd", "lora", "dlrt")
 
-from ..config import METHODS, TrainConfig
-from ..errors import ConfigError
-from ..stepper import Stepper
-
-__all__ = ["prepare", "make_stepper", "METHODS"]
-
-
-def _module(name: str) -> ModuleType:
-    if name not in METHODS:
-        raise ConfigError(f"method {name!r} is not one of {', '.join(METHODS)}")
-    return importlib.import_module(f"{__name__}.{name}")
-
-
-def prepare(model: nn.Module, cfg: TrainConfig) -> nn.Module:
-    """The method's form of a dense ``model``."""
-    return _module(cfg.method.method).prepare(model, cfg)
-
-
-def make_stepper(model: nn.Module, cfg: TrainConfig, total_steps: int) -> Stepper:
-    """The stepper that trains ``model`` by ``cfg``'s method for ``total_steps`` steps."""
-    return _module(cfg.method.method).make_stepper(model, cfg, total_steps)
+for _name in sorted((i.name for i in pkgutil.iter_modules(__path__) if i.ispkg and not i.name.startswith("_")),
+                    key=lambda n: (_ORDER.index(n) if n in _ORDER else len(_ORDER), n)):
+    importlib.import_module(f"{__name__}.{_name}")

@@ -1,0 +1,69 @@
+"""What to train on: :class:`DataConfig`, one docstring per field (each becomes a CLI flag)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from ..errors import ConfigError
+
+__all__ = ["DataConfig", "TASKS", "IMAGE_MODES"]
+
+TASKS = ("auto", "classification", "regression")
+"""Values of :attr:`DataConfig.task`."""
+IMAGE_MODES = ("auto", "L", "RGB")
+"""Values of :attr:`DataConfig.image_mode`."""
+
+
+@dataclass
+class DataConfig:
+    dataset: str = "fashion-mnist"
+    """Registered name (`lowrank datasets` lists them) or path of a .npz, .csv(.gz) file or image folder."""
+    data_dir: str | None = None
+    """Folder searched first for the dataset's files (and for a relative dataset path)."""
+    val_fraction: float = 0.0
+    """Fraction of the training set held out for validation (0 = none)."""
+    train_size: int | None = None
+    """Use only the first N training samples (stratification-free, seeded shuffle first)."""
+    test_size: int | None = None
+    """Use only the first N test samples (for quick runs)."""
+    noise: float = 0.0
+    """Std of Gaussian noise added to normalised training inputs at every batch."""
+    normalize: bool = True
+    """Standardise inputs with the training split's mean and std (one pair for 8-bit images, else per feature)."""
+    test_fraction: float = 0.2
+    """Fraction held out (seeded) as the test set when a dataset file has no test split of its own."""
+    label_column: str = "label"
+    """CSV datasets: the header's name of the column holding the label or regression target."""
+    split_column: str | None = None
+    """CSV datasets: a column whose values (train or test) give each row's split."""
+    task: str = "auto"
+    """File datasets: auto, classification or regression (auto: integer/text labels classify, floats regress)."""
+    image_mode: str = "auto"
+    """Image folders: L (grey), RGB, or auto (L if every image is single-channel, else RGB)."""
+    image_size: int | None = None
+    """Image folders: resize every image to NxN (default: keep sizes, which must then all be equal)."""
+
+    def __post_init__(self) -> None:
+        self.validate()
+
+    def validate(self) -> None:
+        """Raise :class:`~lowrank.errors.ConfigError` naming the first field with an impossible value."""
+        if not isinstance(self.dataset, str) or not self.dataset.strip():
+            raise ConfigError(f"dataset must be a registered name or a path, got {self.dataset!r}")
+        if not 0.0 <= self.val_fraction < 1.0:
+            raise ConfigError(f"val_fraction must be in [0, 1), got {self.val_fraction}")
+        if not 0.0 < self.test_fraction < 1.0:
+            raise ConfigError(f"test_fraction must be in (0, 1), got {self.test_fraction}")
+        for name in ("train_size", "test_size", "image_size"):
+            v = getattr(self, name)
+            if v is not None and (not isinstance(v, int) or isinstance(v, bool) or v <= 0):
+                raise ConfigError(f"{name} must be a positive integer or None, got {v!r}")
+        if self.task not in TASKS:
+            raise ConfigError(f"task {self.task!r} is not one of {', '.join(TASKS)}")
+        if self.image_mode not in IMAGE_MODES:
+            raise ConfigError(f"image_mode {self.image_mode!r} is not one of {', '.join(IMAGE_MODES)}")
+        if not isinstance(self.label_column, str) or not self.label_column:
+            raise ConfigError(f"label_column must name a CSV column, got {self.label_column!r}")
+        if self.split_column is not None and self.split_column == self.label_column:
+            raise ConfigError(f"split_column and label_column are both {self.label_column!r}; "
+                              f"they must name different columns")

@@ -1,0 +1,297 @@
+"""Dynamical low-rank layer (design §2.5-2.6, thesis §3.2, §4.4-4.5).
+
+``W = U S V^T`` with ``U: (n, r)`` and ``V: (m, r)`` orthonormal and ``S: (r, r)``.
+Unlike the vanilla layer, ``U`` and ``V`` are never trained by gradient descent: a
+DLRT integrator (:mod:`lowrank.methods.dlrt`) moves them, keeping them orthonormal,
+and may change the rank ``r`` between steps. So ``U`` and ``V`` are parameters
+that do not require grad; ``S`` and the bias do.
+
+What an integrator needs from one backward pass are the projected gradients
+
+    G_K = dL/dW V   (n, r)        G_L = (dL/dW)^T U   (m, r)
+
+With the layer input ``X (B, m)`` and output gradient ``dY (B, n)``,
+``dL/dW = dY^T X``, so ``G_K = dY^T (X V)`` and ``G_L = X^T (dY U)``. ``X V`` is
+the forward activation and ``dY U`` is needed for the input gradient anyway, so
+both cost one ``(B, r)`` product each and ``dL/dW`` (``n x m``) is never formed.
+The custom autograd function below computes them when the layer is in *capture*
+mode (:meth:`DLRTLinear.capture`) and leaves them in ``layer.grad_K`` /
+``layer.grad_L``; outside capture mode it is an ordinary differentiable layer.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+from torch import nn
+
+from ...errors import RankError
+from ...linalg import check_rank, orthonormal, orthonormality_error, qr_positive, truncated_svd
+from ...layer import LowRankLayer
+
+__all__ = ["DLRTLinear", "default_max_rank", "reorthonormalise"]
+
+
+def default_max_rank(in_features: int, out_features: int, rank: int) -> int:
+    """``min(m, n) // 2``, raised to at least ``rank``, never above ``min(m, n)``."""
+    full = min(in_features, out_features)
+    return min(full, max(full // 2, rank))
+
+
+class _DLRTProduct(torch.autograd.Function):
+    """``y = ((x V) S^T) U^T + b`` with a hand-written backward that can capture ``G_K``, ``G_L``.
+
+    Gradients returned (only for inputs that require grad):
+    ``dx = ((dY U) S) V^T``, ``dS = (dY U)^T (X V)``, ``dU = G_K S^T``, ``dV = G_L S``,
+    ``db = sum_batch dY``. In capture mode ``G_K``, ``G_L`` (and ``dS``) are also added to
+    the layer's ``grad_K``, ``grad_L``, ``grad_S_task`` (added, so a layer used twice
+    in one forward sums its contributions, as autograd would).
+    """
+
+    @staticmethod
+    def forward(ctx: Any, x: torch.Tensor, U: torch.Tensor, S: torch.Tensor, V: torch.Tensor,
+                bias: torch.Tensor | None, layer: "DLRTLinear") -> torch.Tensor:
+        lead = x.shape[:-1]
+        x2 = x.reshape(-1, x.shape[-1])            # (B, m)
+        h = x2 @ V                                 # (B, r): reused by the backward
+        z = h @ S.T                                # (B, r)
+        y = torch.addmm(bias, z, U.T) if bias is not None else z @ U.T  # (B, n)
+        ctx.save_for_backward(x2, h, U, S, V)
+        ctx.layer = layer if layer.capturing else None
+        ctx.lead = lead
+        ctx.has_bias = bias is not None
+        return y.reshape(*lead, U.shape[0])
+
+    @staticmethod
+    def backward(ctx: Any, dy: torch.Tensor):  # type: ignore[override]
+        x2, h, U, S, V = ctx.saved_tensors
+        need_x, need_u, need_s, need_v, need_b, _ = ctx.needs_input_grad
+        layer = ctx.layer
+        dy2 = dy.reshape(-1, U.shape[0])           # (B, n)
+        t = dy2 @ U                                # (B, r) = dY U
+        dx = du = ds = dv = db = None
+        if need_x:
+            dx = ((t @ S) @ V.T).reshape(*ctx.lead, V.shape[0])
+        if layer is not None or need_u:
+            gk = dy2.T @ h                         # (n, r) = dY^T X V = dL/dW V
+        if layer is not None or need_v:
+            gl = x2.T @ t                          # (m, r) = X^T dY U = dL/dW^T U
+        if layer is not None or need_s:
+            ds = t.T @ h                           # (r, r) = U^T dL/dW V
+        if layer is not None:
+            layer._accumulate(gk, gl, ds, x2, dy2)
+        if need_u:
+            du = gk @ S.T
+        if need_v:
+            dv = gl @ S
+        if not need_s:
+            ds = None
+        if need_b and ctx.has_bias:
+            db = dy2.sum(0)
+        return dx, du, ds, dv, db, None
+
+
+class DLRTLinear(LowRankLayer):
+    """``y = ((x V) S^T) U^T + b`` with orthonormal ``U``, ``V`` moved by a DLRT integrator.
+
+    Args:
+        in_features: ``m``.
+        out_features: ``n``.
+        rank: current rank ``r``, ``min_rank <= r <= max_rank``.
+        bias: learn an additive bias ``b: (n,)``.
+        min_rank: ``r_min``, lower cap of rank-adaptive training (>= 1).
+        max_rank: ``r_max``, upper cap; default ``min(m, n) // 2`` raised to ``rank``;
+            a value above ``min(m, n)`` is lowered to ``min(m, n)``.
+        init_decay: ``d``; the initial singular values are ``sigma / d^i``.
+
+    A freshly built layer has random orthonormal ``U``, ``V`` and
+    ``S = diag(sigma / d^i)`` with ``sigma = sqrt(n / (3 r))`` (nn.Linear's output
+    scale); :meth:`from_linear` starts from a trained ``nn.Linear`` instead.
+    ``U``, ``S``, ``V`` change shape when the rank changes; :meth:`spec` always
+    describes the current shapes, and :meth:`load_state_dict` accepts a state of
+    any rank (the factors are resized to it).
+    """
+
+    def __init__(self, in_features: int, out_features: int, rank: int, bias: bool = True, *,
+                 min_rank: int = 1, max_rank: int | None = None, init_decay: float = 1.0,
+                 device: torch.device | str | None = None, dtype: torch.dtype | None = None):
+        super().__init__()
+        name = type(self).__name__
+        check_rank(rank, out_features, in_features, name)
+        full = min(in_features, out_features)
+        max_rank = default_max_rank(in_features, out_features, rank) if max_rank is None else min(int(max_rank), full)
+        if not 1 <= min_rank <= rank <= max_rank:
+            raise RankError(f"{name} {out_features}x{in_features}: need 1 <= min_rank <= rank <= max_rank, "
+                            f"got min_rank={min_rank}, rank={rank}, max_rank={max_rank}")
+        if init_decay <= 0:
+            raise RankError(f"{name}: init_decay must be positive, got {init_decay}")
+        dtype = dtype or torch.get_default_dtype()
+        self.in_features, self.out_features = in_features, out_features
+        self.min_rank, self.max_rank = int(min_rank), int(max_rank)
+        self.init_decay = float(init_decay)
+        sigma = math.sqrt(out_features / (3.0 * rank))
+        decay = torch.tensor(float(init_decay), dtype=torch.float64).pow(-torch.arange(rank, dtype=torch.float64))
+        # U, V: moved by the integrator only (no grad); S and b: ordinary gradients.
+        self.U = nn.Parameter(orthonormal(out_features, rank, dtype=dtype, device=device).contiguous(),
+                              requires_grad=False)
+        self.S = nn.Parameter(torch.diag(sigma * decay).to(dtype=dtype, device=device))
+        self.V = nn.Parameter(orthonormal(in_features, rank, dtype=dtype, device=device).contiguous(),
+                              requires_grad=False)
+        if bias:
+            bound = 1.0 / math.sqrt(in_features)
+            self.bias = nn.Parameter(torch.empty(out_features, dtype=dtype, device=device).uniform_(-bound, bound))
+        else:
+            self.register_parameter("bias", None)
+        self.capturing = False
+        # Set by the stepper: does the integrator hold augmented (2r) bases? (for training_params)
+        self.augments = True
+        self.grad_K: torch.Tensor | None = None
+        self.grad_L: torch.Tensor | None = None
+        self.grad_S_task: torch.Tensor | None = None
+        self.keep_io = False
+        self.captured_io: list[tuple[torch.Tensor, torch.Tensor]] = []
+
+    # ------------------------------------------------------------------ construction
+
+    @classmethod
+    def from_linear(cls, linear: nn.Linear, rank: int, *, min_rank: int = 1, max_rank: int | None = None,
+                    init_decay: float = 1.0) -> "DLRTLinear":
+        """Rank-``r`` truncated SVD of ``linear.weight``: ``U = U_r``, ``S = diag(s_i / d^i)``, ``V = V_r``."""
+        w = linear.weight.detach()
+        layer = cls(linear.in_features, linear.out_features, rank, linear.bias is not None,
+                    min_rank=min_rank, max_rank=max_rank, init_decay=init_decay, device=w.device, dtype=w.dtype)
+        u, s, v = truncated_svd(w if w.dtype in (torch.float32, torch.float64) else w.float(), rank)
+        s = s / torch.tensor(float(init_decay), dtype=s.dtype, device=s.device).pow(
+            torch.arange(rank, dtype=s.dtype, device=s.device))
+        u, S, v = u.to(w.dtype), torch.diag(s).to(w.dtype), v.to(w.dtype)
+        if w.dtype != torch.float64:
+            # A float32 SVD leaves ||U^T U - I|| ~ 1e-6; re-orthonormalise and fold R into S
+            # (W unchanged) so the integrator starts from bases orthonormal to rounding.
+            u, ru = qr_positive(u)
+            v, rv = qr_positive(v)
+            S = ru @ S @ rv.T
+        layer.set_factors(u, S, v)
+        layer.copy_bias_from(linear)
+        return layer
+
+    # ------------------------------------------------------------------ interface
+
+    @property
+    def rank(self) -> int:
+        return min(self.S.shape)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.capturing or (torch.is_grad_enabled() and (x.requires_grad or self.S.requires_grad
+                                                           or self.U.requires_grad or self.V.requires_grad)):
+            return _DLRTProduct.apply(x, self.U, self.S, self.V, self.bias, self)
+        y = (x @ self.V) @ self.S.T                # (..., r)
+        return torch.nn.functional.linear(y, self.U, self.bias)
+
+    def dense_weight(self) -> torch.Tensor:
+        return self.U @ self.S @ self.V.T          # (n, m), for merging / inspection only
+
+    @classmethod
+    def count_params(cls, in_features: int, out_features: int, rank: int, bias: bool = True) -> int:
+        return rank * (in_features + out_features) + rank ** 2 + (out_features if bias else 0)
+
+    def num_params(self) -> int:
+        """Inference weights ``r (m + n) + r^2 (+ n)``: both bases, the core and the bias."""
+        return super().num_params() + self.rank ** 2
+
+    def flops_per_sample(self) -> int:
+        """``r (m + n) + r^2 (+ n)`` multiply-adds: ``x V``, ``S^T``, ``U^T`` (and the bias)."""
+        return super().flops_per_sample() + self.rank ** 2
+
+    def training_params(self, augmented: bool | None = None) -> int:
+        """Elements live during a training step, for accounting.
+
+        ``U, S, V, b`` plus the integrator's ``K (n, r)``, ``L (m, r)``; a rank-adaptive or
+        parallel step (``augmented``, default: what the integrator set in ``self.augments``)
+        also holds the augmented bases ``(n + m) 2r`` and the ``2r x 2r`` core.
+        """
+        r, m, n = self.rank, self.in_features, self.out_features
+        b = n if self.bias is not None else 0
+        live = r * (m + n) + r * r + b + r * (m + n)
+        if self.augments if augmented is None else augmented:
+            k = min(2 * r, m, n)
+            live += k * (m + n) + k * k
+        return live
+
+    def spec(self) -> dict[str, Any]:
+        return {**super().spec(), "min_rank": self.min_rank, "max_rank": self.max_rank,
+                "init_decay": self.init_decay}
+
+    def extra_repr(self) -> str:
+        return f"{super().extra_repr()}, rank caps=[{self.min_rank}, {self.max_rank}]"
+
+    # ------------------------------------------------------------------ integrator hooks
+
+    def set_factors(self, U: torch.Tensor, S: torch.Tensor, V: torch.Tensor) -> None:
+        """Replace the factors in place (shapes may change: ``U (n, r)``, ``S (r, r)``, ``V (m, r)``).
+
+        The parameter objects are kept (``.data`` is swapped), so optimizers and
+        hooks holding them stay valid. Inside a rank-adaptive KLS step the core may
+        briefly be rectangular, ``S (a, b)`` with ``U (n, a)``, ``V (m, b)``, when the two
+        bases could not grow equally (``2r > min(m, n)``).
+        """
+        a, b = S.shape
+        if U.shape != (self.out_features, a) or V.shape != (self.in_features, b):
+            raise RankError(f"{type(self).__name__} {self.out_features}x{self.in_features}: factor shapes "
+                            f"U {tuple(U.shape)}, S {tuple(S.shape)}, V {tuple(V.shape)} do not fit")
+        # Row-major always: BLAS rounds differently for other layouts, and a layer rebuilt
+        # from a checkpoint must compute bit for bit what the saved one would have.
+        self.U.data = U.contiguous()
+        self.S.data = S.contiguous()
+        self.V.data = V.contiguous()
+
+    def orthonormality_error(self) -> float:
+        """``max(||U^T U - I||_F, ||V^T V - I||_F)``, measured in float64 (a float32 Gram of a
+        784-row basis has ~1e-6 rounding of its own)."""
+        return max(orthonormality_error(self.U.detach().double()), orthonormality_error(self.V.detach().double()))
+
+    def reorthonormalise(self) -> None:
+        """``U = Q_U R_U``, ``V = Q_V R_V``, ``S <- R_U S R_V^T``: the same ``W`` on bases orthonormal to rounding."""
+        reorthonormalise(self)
+
+    def capture(self, on: bool = True, keep_io: bool = False) -> None:
+        """Enter (or leave) capture mode and clear the captured gradients.
+
+        ``keep_io``: also keep references to each use's input ``X (B, m)`` and output
+        gradient ``dY (B, n)`` in ``captured_io``, for projections of ``dL/dW = dY^T X``
+        onto other bases (``(dY U1)^T (X V1)``) without another pass.
+        """
+        self.capturing = on
+        self.keep_io = keep_io
+        self.grad_K = self.grad_L = self.grad_S_task = None
+        self.captured_io: list[tuple[torch.Tensor, torch.Tensor]] = []
+
+    def _accumulate(self, gk: torch.Tensor, gl: torch.Tensor, ds: torch.Tensor, x: torch.Tensor,
+                    dy: torch.Tensor) -> None:
+        if self.grad_K is None:
+            self.grad_K, self.grad_L, self.grad_S_task = gk, gl, ds
+        else:
+            self.grad_K = self.grad_K + gk
+            self.grad_L = self.grad_L + gl
+            self.grad_S_task = self.grad_S_task + ds
+        if self.keep_io:
+            self.captured_io.append((x, dy))
+
+    def _load_from_state_dict(self, state_dict: dict[str, Any], prefix: str, *args: Any, **kwargs: Any) -> None:
+        # A checkpoint may hold another rank than this layer (ranks adapt): resize first.
+        s = state_dict.get(prefix + "S")
+        if s is not None and s.dim() == 2 and s.shape[0] == s.shape[1] and s.shape[0] != self.rank:
+            r = s.shape[0]
+            like = self.S
+            self.set_factors(like.new_empty(self.out_features, r), like.new_empty(r, r),
+                             like.new_empty(self.in_features, r))
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+
+
+def reorthonormalise(layer: DLRTLinear) -> None:
+    """See :meth:`DLRTLinear.reorthonormalise`. Since ``R ~= I`` for bases that are already almost
+    orthonormal, coordinates (and an optimizer's state in them) are unchanged to rounding."""
+    qu, ru = qr_positive(layer.U.data)
+    qv, rv = qr_positive(layer.V.data)
+    layer.set_factors(qu, ru @ layer.S.data @ rv.T, qv)

@@ -1,0 +1,31 @@
+"""LoRA fine-tuning: freeze a (trained) dense model, train rank-``r`` adapters ``(lora_alpha / r) B A``."""
+
+from __future__ import annotations
+
+from torch import nn
+
+from ...checkpoint import load_dense_weights
+from ...convert import convert
+from ...registry import Method, register_method
+from ...stepper import Stepper
+from .config import DEFAULT_RANK, LoRAConfig
+from .layer import LoRALinear
+
+__all__ = ["LoRAConfig", "LoRALinear", "DEFAULT_RANK", "prepare"]
+
+
+def prepare(model: nn.Module, cfg: LoRAConfig) -> nn.Module:
+    """Optionally load ``base_checkpoint``, freeze every parameter, wrap the targeted Linears
+    in :class:`LoRALinear`: only the adapters ``A``, ``B`` train."""
+    if cfg.base_checkpoint:
+        load_dense_weights(model, cfg.base_checkpoint)
+    model.requires_grad_(False)
+    return convert(model, cfg, inplace=True)
+
+
+register_method(Method(
+    name="lora", config=LoRAConfig, summary="frozen base + trainable rank-r adapters (fine-tuning)",
+    prepare=prepare,
+    make_stepper=lambda model, cfg, total_steps: Stepper(model, cfg.optim, total_steps),
+    layers=(LoRALinear,),
+))
