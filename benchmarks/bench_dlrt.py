@@ -1,4 +1,4 @@
-"""DLRT speed, measured in one run (design §5).
+"""DLRT speed, measured in one run.
 
 Table 1 — per-epoch training time of the DLRT integrators relative to vanilla low-rank
 training (``U S V^T`` all trained by Adam) at the same rank, on Fashion-MNIST, for two
@@ -51,7 +51,7 @@ def sync(device: torch.device) -> None:
 
 
 def random_dlrt(cfg: TrainConfig) -> torch.nn.Module:
-    """The MLP of ``cfg`` with every hidden Linear a freshly initialised DLRTLinear of rank
+    """The MLP of ``cfg`` with every hidden Linear a freshly initialized DLRTLinear of rank
     ``cfg.method.rank`` (no SVD of the dense weights: a 2048^2 SVD costs seconds and does not
     change a step's cost)."""
     from lowrank.methods.dlrt.layer import DLRTLinear

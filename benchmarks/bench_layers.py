@@ -55,7 +55,7 @@ def interleaved_times(fns: dict[str, Callable[[], None]], device: torch.device, 
     return rounds
 
 
-def summarise(rounds: list[dict[str, float]]) -> tuple[dict[str, float], dict[str, float]]:
+def summarize(rounds: list[dict[str, float]]) -> tuple[dict[str, float], dict[str, float]]:
     """Median time of each variant, and the median over rounds of ``dense / variant``."""
     times = {k: statistics.median(r[k] for r in rounds) for k in rounds[0]}
     ratios = {k: statistics.median(r["dense"] / r[k] for r in rounds) for k in rounds[0] if k != "dense"}
@@ -105,9 +105,9 @@ def main() -> None:
         for b in BATCHES:
             x = torch.randn(b, m, device=device)
             g = torch.randn(b, n, device=device)
-            tr = summarise(interleaved_times({k: train_step(v, x, g) for k, v in layers.items()},
+            tr = summarize(interleaved_times({k: train_step(v, x, g) for k, v in layers.items()},
                                              device, ns.budget))
-            inf = summarise(interleaved_times({k: inference(v, x) for k, v in layers.items()},
+            inf = summarize(interleaved_times({k: inference(v, x) for k, v in layers.items()},
                                               device, ns.budget))
             row = f"{f'{m}->{n}':>12} {r:>4} {b:>5} |"
             for t, q in (tr, inf):

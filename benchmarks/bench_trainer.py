@@ -1,6 +1,6 @@
 """Trainer overhead: ``train.fit``'s epoch time against a bare PyTorch loop, same work.
 
-Both train the dense 784-256-128-10 MLP (same seeded initialisation) with Adam
+Both train the dense 784-256-128-10 MLP (same seeded initialization) with Adam
 (lr 1e-3) on the preloaded Fashion-MNIST training tensors, batch 64, over the same
 batches in the same order (the trainer's first-epoch permutation). Epochs use the first
 ``--train-size`` images (default 12,800: 200 steps, so many short pairs can be

@@ -1,4 +1,4 @@
-"""Long-run numerical health of DLRT (design §5): 10,000 Adam steps on Fashion-MNIST (rank-adaptive or fixed).
+"""Long-run numerical health of DLRT: 10,000 Adam steps on Fashion-MNIST (rank-adaptive or fixed).
 
 Checks, for every DLRT layer: ``||U^T U - I||_F`` and ``||V^T V - I||_F`` <= 1e-5 (float32,
 measured every ``--every`` steps and at the end), no NaN/inf in the loss or the factors,

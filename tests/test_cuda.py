@@ -33,7 +33,7 @@ def test_steps_on_cuda_match_cpu(integrator: str, adaptive: bool, truncation: st
     for device in ("cpu", "cuda"):
         model = _model(device)
         stepper = make_dlrt_stepper(model, OptimConfig(optimizer="adam", lr=0.01), integrator=integrator,
-                              adaptive=adaptive, tau=0.05, truncation=truncation, diagonalise_every=5)
+                              adaptive=adaptive, tau=0.05, truncation=truncation, diagonalize_every=5)
         for x, y in data:
             stepper.step(x.to(device), y.to(device), F.cross_entropy)
         weights[device] = [m.dense_weight().detach().cpu() for m in model if isinstance(m, DLRTLinear)]

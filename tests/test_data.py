@@ -448,7 +448,7 @@ def test_load_mnist_splits(mnist_dir):
     raw = load_dataset(DataConfig(dataset="mnist", test_size=300, normalize=False))
     assert (raw.mean, raw.std) == (0.0, 1.0) and len(raw.train) == 5000 and raw.val is None
     assert raw.train.x.min().item() == 0.0 and raw.train.x.max().item() == 1.0
-    # the test set is the first test_size samples, normalised with the training statistics
+    # the test set is the first test_size samples, normalized with the training statistics
     assert torch.allclose(s.test.x, (raw.test.x - s.mean) / s.std, atol=1e-5)
 
 

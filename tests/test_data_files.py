@@ -208,7 +208,7 @@ def test_npz_odd_labels_text_labels_and_float_targets(tmp_path):
     s = load(p, normalize=True)
     assert s.num_classes == 0 and s.classes is None and s.task == "regression"
     assert s.train.y.dtype == torch.float32
-    got = sorted(s.train.y.tolist() + s.test.y.tolist())  # targets are not normalised
+    got = sorted(s.train.y.tolist() + s.test.y.tolist())  # targets are not normalized
     assert np.allclose(got, np.sort(target.astype(np.float32)))
     s = load(p, task="regression", normalize=False)
     assert s.num_classes == 0
@@ -261,7 +261,7 @@ def test_csv_regression_target(digits, tmp_path):
     assert s.train.y.dtype == torch.float32
     assert isinstance(s.mean, list) and len(s.mean) == 784
     got = np.sort(np.concatenate([s.train.y.numpy(), s.test.y.numpy()]))
-    assert np.allclose(got, np.sort(target), atol=1e-6)  # never normalised
+    assert np.allclose(got, np.sort(target), atol=1e-6)  # never normalized
     assert load(p, label_column="ink", task="auto").train.y.dtype == torch.float32
     with pytest.raises(ConfigError, match="whole-number") as e:
         load(p, label_column="ink", task="classification")

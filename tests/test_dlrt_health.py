@@ -1,4 +1,4 @@
-"""Long-run DLRT health (design §5): 10,000 rank-adaptive Adam steps on Fashion-MNIST.
+"""Long-run DLRT health: 10,000 rank-adaptive Adam steps on Fashion-MNIST.
 
 Not in the default suite (about a minute per integrator): run with
 ``LOWRANK_LONG=1 pytest tests/test_dlrt_health.py``. The script itself is

@@ -160,13 +160,13 @@ def test_fixed_rank_steps_keep_bases_orthonormal_float32(integrator: str, optimi
 
 
 def test_fixed_rank_power_step_keeps_coordinates() -> None:
-    """The fixed-rank parallel power step takes the core's SVD only every ``diagonalise_every``
+    """The fixed-rank parallel power step takes the core's SVD only every ``diagonalize_every``
     steps: in between its core stays upper triangular and its bases move by the step's own
     size (a QR without the QL on ``X`` would leave a lower triangular core and turn them)."""
     torch.manual_seed(0)
     model = nn.Sequential(DLRTLinear(40, 30, 6), nn.ReLU(), nn.Linear(30, 4))
     x, y = torch.randn(64, 40), torch.randint(0, 4, (64,))
-    stepper = make_dlrt_stepper(model, OptimConfig(optimizer="adam", lr=1e-3), integrator="parallel", diagonalise_every=7)
+    stepper = make_dlrt_stepper(model, OptimConfig(optimizer="adam", lr=1e-3), integrator="parallel", diagonalize_every=7)
     layer = model[0]
     for step in range(20):
         U0, V0 = layer.U.detach().clone(), layer.V.detach().clone()
@@ -182,14 +182,14 @@ def test_fixed_rank_power_step_keeps_coordinates() -> None:
 @pytest.mark.parametrize("adaptive", [False, True])
 def test_aligned_steps_keep_state_turning_steps_project_it(monkeypatch, adaptive: bool) -> None:
     """Aligned steps (no SVD, rank unchanged) keep the optimizer state as it is and move the bases
-    by the step's own size; a step that diagonalises the core (every ``diagonalise_every``-th,
+    by the step's own size; a step that diagonalizes the core (every ``diagonalize_every``-th,
     or a rank-adaptive step whose rule changes the rank) turns the bases and must project the
     state onto them."""
     torch.manual_seed(0)
     model = nn.Sequential(DLRTLinear(40, 30, 8, max_rank=12), nn.ReLU(), nn.Linear(30, 4))
     x, y = torch.randn(64, 40), torch.randint(0, 4, (64,))
     stepper = make_dlrt_stepper(model, OptimConfig(optimizer="adam", lr=1e-3), integrator="parallel",
-                          adaptive=adaptive, tau=0.3, diagonalise_every=7)
+                          adaptive=adaptive, tau=0.3, diagonalize_every=7)
     projected, cores = [], []
     monkeypatch.setattr(stepper, "_project", lambda *a, **k: projected.append(True))
     set_factors = stepper._set_factors

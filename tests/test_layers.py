@@ -162,7 +162,7 @@ def test_svd_prune_shrinks_and_keeps_function() -> None:
     assert all(p.requires_grad for p in layer.parameters())
 
 
-def test_svd_prune_exact_rediagonalises() -> None:
+def test_svd_prune_exact_rediagonalizes() -> None:
     layer = SVDLinear(10, 8, 5, dtype=torch.float64)
     with torch.no_grad():  # no longer orthonormal: s are not the singular values any more
         layer.U.add_(0.3 * torch.randn(8, 5, dtype=torch.float64))

@@ -298,38 +298,27 @@ def cmd_inspect(ns: argparse.Namespace) -> int:
 
 def _dense_model_of(cfg: TrainConfig) -> Any:
     """The dense model ``cfg`` describes; the data is loaded only when the model needs its shapes."""
-    from .models import build_model
+    from .run import build_dense_model
 
-    args = dict(cfg.model_args)
     if cfg.model == "mlp":
-        args.setdefault("layers", list(cfg.layers))
-        shape, outputs = (cfg.layers[0],), cfg.layers[-1]
-    else:
-        from .data import load_dataset
+        return build_dense_model(cfg, (cfg.layers[0],), cfg.layers[-1])
+    from .data import load_dataset
 
-        data = load_dataset(cfg.data, seed=cfg.seed)
-        shape, outputs = tuple(data.sample_shape), data.num_classes or 1
-    if cfg.model in ("mlp", "lenet5"):
-        args.setdefault("activation", cfg.activation)
-    return build_model(cfg.model, args, sample_shape=shape, num_outputs=outputs)
+    data = load_dataset(cfg.data, seed=cfg.seed)
+    return build_dense_model(cfg, tuple(data.sample_shape), data.num_classes or 1)
 
 
 def _model_of_checkpoint(path: str) -> tuple[TrainConfig, Any]:
     """The config and model stored in a run folder or checkpoint file."""
     from .checkpoint import load_model, read_checkpoint
-    from .models import build_model
+    from .run import build_dense_model
 
     ckpt = read_checkpoint(path)
     cfg = TrainConfig.from_dict(ckpt["config"])
     shape = ckpt.get("data_shape") or {}
     if not shape:
         raise LowRankError(f"checkpoint {path} does not record its data's shape; inspect it with the flags of its run")
-    args = dict(cfg.model_args)
-    if cfg.model == "mlp":
-        args.setdefault("layers", list(cfg.layers))
-    if cfg.model in ("mlp", "lenet5"):
-        args.setdefault("activation", cfg.activation)
-    model = build_model(cfg.model, args, sample_shape=tuple(shape["sample_shape"]), num_outputs=shape["num_outputs"])
+    model = build_dense_model(cfg, tuple(shape["sample_shape"]), shape["num_outputs"])
     return cfg, load_model(model, ckpt)
 
 

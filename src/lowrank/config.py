@@ -18,7 +18,7 @@ from .data.config import DataConfig
 from .errors import ConfigError
 from .losses import LOSSES
 from .method_config import MethodConfig
-from .models import ACTIVATIONS
+from .models import ACTIVATIONS, MODELS, check_model_args
 from .optimizers import OPTIMIZERS, SCHEDULES
 
 __all__ = ["DataConfig", "OptimConfig", "TrainConfig", "MethodConfig"]
@@ -109,12 +109,9 @@ class TrainConfig:
                 raise ConfigError(f"{name} must be a positive integer, got {v!r}")
         if not isinstance(self.model_args, dict):
             raise ConfigError(f"model_args must be a JSON object (a dict), got {self.model_args!r}")
-        try:
-            json.dumps(self.model_args)
-        except (TypeError, ValueError) as e:
-            raise ConfigError(f"model_args must be JSON-serializable: {e}") from None
-        if not self.model or (self.model not in ("mlp", "lenet5") and ":" not in self.model):
-            raise ConfigError(f"model {self.model!r} is not one of mlp, lenet5 or package.module:factory")
+        check_model_args(self.model_args)
+        if not isinstance(self.model, str) or (self.model not in MODELS and ":" not in self.model):
+            raise ConfigError(f"model {self.model!r} is not one of {', '.join(MODELS)} or package.module:factory")
         _check_device(self.device)
 
     def to_dict(self) -> dict[str, Any]:

@@ -31,7 +31,7 @@ class LowRankLayer(nn.Module):
 
     @property
     def rank(self) -> int:  # pragma: no cover - abstract
-        """Current rank ``r`` of the stored factorisation."""
+        """Current rank ``r`` of the stored factorization."""
         raise NotImplementedError
 
     def dense_weight(self) -> torch.Tensor:  # pragma: no cover - abstract

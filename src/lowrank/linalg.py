@@ -83,7 +83,7 @@ def cholesky_qr2(a: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor] | None:
 
     One pass leaves ``||Q^T Q - I||`` ~ ``eps cond(a)^2``; the second, on a ``Q`` of condition
     ~1, brings it to ~``eps`` (Fukaya et al., "CholeskyQR2", 2014). Accepted when both
-    Cholesky factorisations succeed and the first ``R``'s diagonal spread is at most
+    Cholesky factorizations succeed and the first ``R``'s diagonal spread is at most
     :data:`CHOLESKY_QR_MAX_SPREAD` (one host sync); the caller then falls back to Householder.
     """
     spread = CHOLESKY_QR_MAX_SPREAD.get(a.dtype)

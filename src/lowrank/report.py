@@ -283,7 +283,7 @@ def _confusion_section(runs: list[RunData]) -> Section | None:
         return None
     return Section("Confusion matrices", images=[Image(
         "confusion", plots.to_png(plots.confusion_grid(mats)), alt="confusion matrix of every run",
-        caption="Row-normalised: each row is a true class, each cell the % of it predicted as the column.")])
+        caption="Row-normalized: each row is a true class, each cell the % of it predicted as the column.")])
 
 
 def _rank_section(runs: list[RunData]) -> Section | None:

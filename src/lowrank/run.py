@@ -20,6 +20,7 @@ from .checkpoint import load_model, read_checkpoint
 from .config import TrainConfig
 from .data import Splits, load_dataset
 from .errors import CheckpointError
+from .models import MODELS
 from .models import build_model as build_base_model
 from .recorder import OnEpoch, ProgressBar, Recorder, TensorBoardWriter
 from .registry import get_method
@@ -27,7 +28,7 @@ from .stepper import Stepper
 from .store import Store
 from .train import Callback, LoopState, fit
 
-__all__ = ["train_run", "resume_run", "build_model", "apply_method", "build_stepper", "RunResult", "EpochFn"]
+__all__ = ["train_run", "resume_run", "build_model", "build_dense_model", "apply_method", "build_stepper", "RunResult", "EpochFn"]
 
 EpochFn = Any  # Callable[[int, dict], None]
 
@@ -44,17 +45,21 @@ class RunResult:
     model: nn.Module = field(repr=False)
 
 
-def build_model(cfg: TrainConfig, data: Splits) -> nn.Module:
-    """The dense model of ``cfg`` for ``data`` (seeded by ``cfg.seed``), turned into the method's form."""
+def build_dense_model(cfg: TrainConfig, sample_shape: tuple[int, ...], num_outputs: int) -> nn.Module:
+    """The dense model ``cfg`` describes (``model``, ``model_args``; the built-ins also read
+    ``layers`` and ``activation``) for inputs of ``sample_shape``, seeded by ``cfg.seed``."""
     torch.manual_seed(cfg.seed)
     args = dict(cfg.model_args)
     if cfg.model == "mlp":
         args.setdefault("layers", list(cfg.layers))
-    if cfg.model in ("mlp", "lenet5"):
+    if cfg.model in MODELS:
         args.setdefault("activation", cfg.activation)
-    model = build_base_model(cfg.model, args, sample_shape=tuple(data.sample_shape),
-                             num_outputs=data.num_classes or 1)
-    return apply_method(model, cfg)
+    return build_base_model(cfg.model, args, sample_shape=tuple(sample_shape), num_outputs=num_outputs)
+
+
+def build_model(cfg: TrainConfig, data: Splits) -> nn.Module:
+    """The dense model of ``cfg`` for ``data``, turned into the method's form."""
+    return apply_method(build_dense_model(cfg, tuple(data.sample_shape), data.num_classes or 1), cfg)
 
 
 def apply_method(model: nn.Module, cfg: TrainConfig) -> nn.Module:

@@ -45,9 +45,9 @@ def replace_param(optimizer: torch.optim.Optimizer, old: torch.Tensor, new: torc
 
 
 def penalty(model: nn.Module, cfg: "OptimConfig") -> torch.Tensor | float:
-    """L1/L2 penalties over trainable weight tensors plus every low-rank layer's own regulariser.
+    """L1/L2 penalties over trainable weight tensors plus every low-rank layer's own regularizer.
 
-    Biases (1-D tensors) are not penalised.
+    Biases (1-D tensors) are not penalized.
     """
     total: torch.Tensor | float = 0.0
     if cfg.l1 or cfg.l2:

@@ -1,6 +1,6 @@
 """Results in SQLite: one row per run, one per epoch, one per layer rank per epoch.
 
-Every write is a transaction (``with self.conn``), every query parameterised.
+Every write is a transaction (``with self.conn``), every query parameterized.
 WAL mode and a busy timeout let parallel sweep processes share one database.
 """
 

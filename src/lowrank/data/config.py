@@ -27,9 +27,9 @@ class DataConfig:
     test_size: int | None = None
     """Use only the first N test samples (for quick runs)."""
     noise: float = 0.0
-    """Std of Gaussian noise added to normalised training inputs at every batch."""
+    """Std of Gaussian noise added to normalized training inputs at every batch."""
     normalize: bool = True
-    """Standardise inputs with the training split's mean and std (one pair for 8-bit images, else per feature)."""
+    """Standardize inputs with the training split's mean and std (one pair for 8-bit images, else per feature)."""
     test_fraction: float = 0.2
     """Fraction held out (seeded) as the test set when a dataset file has no test split of its own."""
     label_column: str = "label"

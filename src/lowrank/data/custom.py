@@ -11,7 +11,7 @@ not already 0..K-1 are renumbered in sorted order and the original values
 recorded as ``Splits.classes``. Floating-point targets make a regression
 dataset (float32 targets, ``num_classes`` 0). ``uint8`` inputs are read as
 8-bit data and scaled to [0, 1] like every image dataset; other inputs are
-taken as they are. Splitting and normalising follow
+taken as they are. Splitting and normalizing follow
 :mod:`lowrank.data.prepare`.
 """
 
@@ -101,7 +101,7 @@ def as_splits(train: Any, test: Any = None, *, val_fraction: float = 0.0, test_f
     ``(x, y)`` items or an ``(x, y)`` pair of tensors or arrays. Without
     ``test``, ``test_fraction`` of ``train`` (chosen at random, seeded by
     ``seed``) becomes the test set. ``val_fraction`` of the training samples is
-    held out as the validation split. ``normalize`` standardises the inputs with
+    held out as the validation split. ``normalize`` standardizes the inputs with
     the training split's mean and std (per feature, or one pair for ``uint8``
     inputs). See the module docstring for how targets decide the task.
 

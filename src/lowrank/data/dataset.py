@@ -78,9 +78,9 @@ class Splits:
     sources: list[str] = field(default_factory=list)
     """Absolute paths of the files the data was decoded from."""
     mean: float | list[float] = 0.0
-    """Subtracted from every input: one number, or one per feature (see above); 0 when not normalised."""
+    """Subtracted from every input: one number, or one per feature (see above); 0 when not normalized."""
     std: float | list[float] = 1.0
-    """Every input was divided by it: one number, or one per feature; 1 when not normalised."""
+    """Every input was divided by it: one number, or one per feature; 1 when not normalized."""
     sample_shape: tuple[int, ...] = ()
     """Shape of one input before flattening: (1, 28, 28) for MNIST, (C, H, W) for image folders,
     (D,) for tables. Its product is ``input_dim``; left empty it becomes ``(input_dim,)``."""

@@ -19,7 +19,7 @@ alternate white (background), black (ink), white, ..., always starting with a
 white run (which may be 0 long); the row ends as soon as the runs add up to the
 width. The byte count is exactly the number of run bytes of the record.
 
-Decoding is vectorised with numpy (no per-pixel Python loop); only the record
+Decoding is vectorized with numpy (no per-pixel Python loop); only the record
 headers are walked one by one. Each image is then centred on a square canvas
 (aspect kept), resized to ``size x size`` with ``torch.nn.functional.interpolate``
 (area averaging when shrinking, bilinear when enlarging) and scaled to 0-255

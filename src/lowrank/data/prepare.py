@@ -1,4 +1,4 @@
-"""From decoded arrays to :class:`~lowrank.data.dataset.Splits`: split, subset, normalise, convert.
+"""From decoded arrays to :class:`~lowrank.data.dataset.Splits`: split, subset, normalize, convert.
 
 Every dataset, registered, read from a file or handed over in memory, ends
 here as a :class:`Prepared` (inputs with encoded targets) and goes through
@@ -16,7 +16,7 @@ mean the same thing for all of them:
    (uint8) inputs are divided by 255. With ``normalize`` they then have the
    training split's mean subtracted and are divided by its std: one pair of
    numbers over all pixels for 8-bit data, one pair per feature otherwise (a
-   constant feature keeps std 1). Regression targets are never normalised.
+   constant feature keeps std 1). Regression targets are never normalized.
 
 Within each split the samples keep the order they have in the source.
 """

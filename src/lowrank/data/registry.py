@@ -183,7 +183,7 @@ def find_dataset(name: str, data_dir: str | os.PathLike[str] | None = None) -> t
 def list_datasets(data_dir: str | os.PathLike[str] | None = None) -> list[DatasetInfo]:
     """Every registered dataset with the folder it would be loaded from (or None).
 
-    All fields are plain strings, so the result serialises to JSON as is.
+    All fields are plain strings, so the result serializes to JSON as is.
     """
     out = []
     for name, spec in DATASETS.items():
@@ -388,7 +388,7 @@ def _prepare_registered(cfg: DataConfig, use_cache: bool) -> Prepared:
 
 
 def load_dataset(cfg: DataConfig, seed: int = 0, *, use_cache: bool = True) -> Splits:
-    """Load the dataset ``cfg`` names as float32 (N, D) tensors in [0, 1] (or standardised).
+    """Load the dataset ``cfg`` names as float32 (N, D) tensors in [0, 1] (or standardized).
 
     ``cfg.dataset`` is a registered name (see :data:`DATASETS`) or the path of
     a ``.npz`` file, a ``.csv`` / ``.csv.gz`` file or an image folder (see

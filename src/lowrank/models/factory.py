@@ -14,7 +14,9 @@ import inspect
 import json
 import math
 import numbers
+import os
 import re
+import sys
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -142,6 +144,9 @@ def _import_factory(spec: str) -> Callable[..., Any]:
                           f"e.g. {spec}:<factory> or {head}:{last}")
     if not colon or not _DOTTED.fullmatch(module_name) or not _IDENT.fullmatch(attr):
         raise ConfigError(f"model {spec!r} is not of the form {form}")
+    if os.getcwd() not in sys.path and "" not in sys.path:
+        # As `python -m` does (and uvicorn's "module:app"): the current folder's modules are importable.
+        sys.path.insert(0, os.getcwd())
     try:
         module = importlib.import_module(module_name)
     except ImportError as exc:

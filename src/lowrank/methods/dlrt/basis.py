@@ -46,7 +46,7 @@ def augment_parts(U0: torch.Tensor, K1: torch.Tensor,
     1. ``Z = (I - U0 U0^T) K1``. ``K1`` lies mostly inside ``range(U0)``, so projecting
        it directly cancels almost everything and leaves a rounding-size component in
        ``range(U0)`` relative to the small remainder; it is projected twice (classical
-       Gram-Schmidt with re-orthogonalisation). When ``K0`` with ``range(K0) ⊆ range(U0)``
+       Gram-Schmidt with re-orthogonalization). When ``K0`` with ``range(K0) ⊆ range(U0)``
        is given (the K-step's starting value ``U0 S0``), the step ``K1 - K0`` is projected
        instead, once: same ``Z``, no cancellation, two products fewer;
     2. Householder ``Z = Q R``: ``Q`` is orthonormal to rounding, but its overlap

@@ -303,7 +303,7 @@ class DLRTStepper(Stepper, ABC):
     def _reorthonormalize(self) -> None:
         """``U = Q_U R_U``, ``V = Q_V R_V``, ``S <- R_U S R_V^T``: same ``W``, fresh orthonormal bases."""
         for layer in self.layers:
-            layer.reorthonormalise()
+            layer.reorthonormalize()
         self._sigma = [None] * len(self.layers)
         self._VSt = [None] * len(self.layers)
 

@@ -1,6 +1,6 @@
 """The sequential KLS (basis update & Galerkin) integrator's basis and coefficient updates.
 
-Design §2.5 / thesis §3.2, with ``W0 = U0 S0 V0^T`` and the K-, L-step results
+With ``W0 = U0 S0 V0^T`` and the K-, L-step results
 ``K1 = step(U0 S0, G_K)``, ``L1 = step(V0 S0^T, G_L)`` computed by the optimizer:
 
 - fixed rank: ``U1 = qr(K1)``, ``V1 = qr(L1)``;

@@ -1,4 +1,4 @@
-"""Dynamical low-rank layer (design §2.5-2.6, thesis §3.2, §4.4-4.5).
+"""Dynamical low-rank layer.
 
 ``W = U S V^T`` with ``U: (n, r)`` and ``V: (m, r)`` orthonormal and ``S: (r, r)``.
 Unlike the vanilla layer, ``U`` and ``V`` are never trained by gradient descent: a
@@ -31,7 +31,7 @@ from ...errors import RankError
 from ...linalg import check_rank, orthonormal, orthonormality_error, qr_positive, truncated_svd
 from ...layer import LowRankLayer
 
-__all__ = ["DLRTLinear", "default_max_rank", "reorthonormalise"]
+__all__ = ["DLRTLinear", "default_max_rank", "reorthonormalize"]
 
 
 def default_max_rank(in_features: int, out_features: int, rank: int) -> int:
@@ -167,7 +167,7 @@ class DLRTLinear(LowRankLayer):
             torch.arange(rank, dtype=s.dtype, device=s.device))
         u, S, v = u.to(w.dtype), torch.diag(s).to(w.dtype), v.to(w.dtype)
         if w.dtype != torch.float64:
-            # A float32 SVD leaves ||U^T U - I|| ~ 1e-6; re-orthonormalise and fold R into S
+            # A float32 SVD leaves ||U^T U - I|| ~ 1e-6; re-orthonormalize and fold R into S
             # (W unchanged) so the integrator starts from bases orthonormal to rounding.
             u, ru = qr_positive(u)
             v, rv = qr_positive(v)
@@ -251,9 +251,9 @@ class DLRTLinear(LowRankLayer):
         784-row basis has ~1e-6 rounding of its own)."""
         return max(orthonormality_error(self.U.detach().double()), orthonormality_error(self.V.detach().double()))
 
-    def reorthonormalise(self) -> None:
+    def reorthonormalize(self) -> None:
         """``U = Q_U R_U``, ``V = Q_V R_V``, ``S <- R_U S R_V^T``: the same ``W`` on bases orthonormal to rounding."""
-        reorthonormalise(self)
+        reorthonormalize(self)
 
     def capture(self, on: bool = True, keep_io: bool = False) -> None:
         """Enter (or leave) capture mode and clear the captured gradients.
@@ -289,8 +289,8 @@ class DLRTLinear(LowRankLayer):
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
 
-def reorthonormalise(layer: DLRTLinear) -> None:
-    """See :meth:`DLRTLinear.reorthonormalise`. Since ``R ~= I`` for bases that are already almost
+def reorthonormalize(layer: DLRTLinear) -> None:
+    """See :meth:`DLRTLinear.reorthonormalize`. Since ``R ~= I`` for bases that are already almost
     orthonormal, coordinates (and an optimizer's state in them) are unchanged to rounding."""
     qu, ru = qr_positive(layer.U.data)
     qv, rv = qr_positive(layer.V.data)

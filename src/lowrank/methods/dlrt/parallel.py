@@ -1,6 +1,6 @@
 """The parallel (rank-augmenting) integrator of Ceruti, Kusch & Lubich, as used by GeoLoRA.
 
-Design §2.6. From one backward pass at ``W0 = U0 S0 V0^T`` the optimizer takes
+From one backward pass at ``W0 = U0 S0 V0^T`` the optimizer takes
 ``K1 = step(U0 S0, G_K)``, ``L1 = step(V0 S0^T, G_L)`` and ``S1 = step(S0, U0^T G_K V0 ...)``
 (``dL/dS = U0^T dL/dW V0``) all at once. Then
 

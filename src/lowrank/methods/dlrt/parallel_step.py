@@ -11,7 +11,7 @@ the augmented bases; a rank-adaptive step whose tolerance asks for a higher rank
 to the exact path. The weights need the SVD of the power step's ``r x r`` core only when the
 rank changes: otherwise its triangular core and bases are already the truncation, and the
 bases move only by the step's own motion ("aligned" steps). The optimizer's coordinates need
-it now and then, so it is taken every ``diagonalise_every`` steps. An aligned step keeps the
+it now and then, so it is taken every ``diagonalize_every`` steps. An aligned step keeps the
 optimizer state as it is (its bases turn by ``O(step)``, and projecting changed nothing
 measurable). Truncation ``"svd"``: the exact SVD of the ``2r x 2r`` augmented core
 (:func:`~.truncation.truncate`), the algorithm as published.
@@ -40,7 +40,7 @@ class ParallelStepper(DLRTStepper):
 
     Args:
         model, cfg, total_steps, **options: as for :class:`~.integrator.DLRTStepper`.
-        diagonalise_every: a step with the power truncation takes the SVD of its ``r x r``
+        diagonalize_every: a step with the power truncation takes the SVD of its ``r x r``
             core only every this many steps (1: every step), or when a rank-adaptive rule
             changes the rank. The other steps keep the triangular core the power step leaves,
             whose bases stay aligned with the old ones (:mod:`.power`): the same ``W``, no SVD,
@@ -52,11 +52,11 @@ class ParallelStepper(DLRTStepper):
     integrator = "parallel"
 
     def __init__(self, model: nn.Module, cfg: OptimConfig, total_steps: int = 0, *,
-                 diagonalise_every: int = 10, **options: Any):
-        if diagonalise_every < 1:
-            raise ConfigError(f"diagonalise_every must be >= 1, got {diagonalise_every}")
+                 diagonalize_every: int = 10, **options: Any):
+        if diagonalize_every < 1:
+            raise ConfigError(f"diagonalize_every must be >= 1, got {diagonalize_every}")
         super().__init__(model, cfg, total_steps, **options)
-        self.diagonalise_every = int(diagonalise_every)
+        self.diagonalize_every = int(diagonalize_every)
 
     def _augments(self) -> bool:
         # Only the exact truncation forms the augmented bases (the power step never does, apart
@@ -102,7 +102,7 @@ class ParallelStepper(DLRTStepper):
 
         An *aligned* step keeps the power step's triangular core and its bases, which differ
         from the old ones only by the step's own motion (see :mod:`.power`): no SVD, and the
-        optimizer state is kept as it is rather than projected. Every ``diagonalise_every``-th
+        optimizer state is kept as it is rather than projected. Every ``diagonalize_every``-th
         step, and every rank-adaptive step whose rule changes the rank, takes the core's SVD
         and projects the state onto the rotated bases.
         """
@@ -113,7 +113,7 @@ class ParallelStepper(DLRTStepper):
             return False
         rule = dict(tau=self.tau, absolute=self.tau_absolute, min_rank=layer.min_rank, max_rank=layer.max_rank,
                     outside_sq=st.outside_sq)
-        aligned = self.steps % self.diagonalise_every != 0
+        aligned = self.steps % self.diagonalize_every != 0
         if aligned and self.adaptive:
             # The rank rule needs the singular values only; the vectors only if the rank changes.
             aligned = select_rank(torch.linalg.svdvals(st.core.double()), **rule) == r0

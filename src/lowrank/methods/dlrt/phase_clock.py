@@ -1,11 +1,11 @@
 """Wall time per phase of a training step (forward/backward, optimizer, integrator linear algebra).
 
 On a CPU a phase is the host time between two marks. On a GPU the host runs ahead of
-the device, so host time says little; synchronising at every mark would say more but
+the device, so host time says little; synchronizing at every mark would say more but
 stall the launch queue three times a step (on small layers the DLRT step is bound by
 kernel launches, and a stalled queue roughly adds the launch time to the device time).
 There the marks are CUDA events instead, read back only when the totals are asked for
-(or when many are pending), so timing costs no synchronisation inside the step.
+(or when many are pending), so timing costs no synchronization inside the step.
 """
 
 from __future__ import annotations

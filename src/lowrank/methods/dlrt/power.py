@@ -37,7 +37,7 @@ step's own motion, and the next step meets a triangular core again. A fixed-rank
 therefore needs no SVD for its weights: ``W1 = Q_Y L_X^T Q_X^T`` is the rank-``r``
 truncation (the SVD of the core would only rotate inside the kept subspaces, giving the
 same ``W1``). The SVD still matters to Adam, whose per-coordinate scaling works better
-on singular directions: the stepper takes it every few steps (``diagonalise_every``).
+on singular directions: the stepper takes it every few steps (``diagonalize_every``).
 """
 
 from __future__ import annotations

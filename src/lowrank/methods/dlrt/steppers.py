@@ -25,10 +25,10 @@ INTEGRATORS: dict[str, tuple[type[DLRTStepper], type[DLRTStepper]]] = {
 def make_dlrt_stepper(model: nn.Module, cfg: OptimConfig, total_steps: int = 0, *, integrator: str = "parallel",
                       adaptive: bool = False, tau: float = 0.1, tau_absolute: bool = False, then_fixed: int = 0,
                       epochs: int | None = None, truncation: str = "power", reorth_every: int = 50,
-                      diagonalise_every: int = 10) -> DLRTStepper:
+                      diagonalize_every: int = 10) -> DLRTStepper:
     """The stepper of ``integrator`` (fixed-rank or rank-adaptive by ``adaptive``) for ``model``.
 
-    The options are :class:`~.integrator.DLRTStepper`'s; ``diagonalise_every`` is
+    The options are :class:`~.integrator.DLRTStepper`'s; ``diagonalize_every`` is
     :class:`~.parallel_step.ParallelStepper`'s (the KLS steppers have no such option).
     """
     if integrator not in INTEGRATORS:
@@ -37,5 +37,5 @@ def make_dlrt_stepper(model: nn.Module, cfg: OptimConfig, total_steps: int = 0, 
     options = dict(adaptive=adaptive, tau=tau, tau_absolute=tau_absolute, then_fixed=then_fixed, epochs=epochs,
                    truncation=truncation, reorth_every=reorth_every)
     if issubclass(cls, ParallelStepper):
-        options["diagonalise_every"] = diagonalise_every
+        options["diagonalize_every"] = diagonalize_every
     return cls(model, cfg, total_steps, **options)

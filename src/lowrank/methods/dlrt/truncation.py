@@ -1,4 +1,4 @@
-"""Rank truncation of a DLRT core (design §2.5, last bullet).
+"""Rank truncation of a DLRT core.
 
 ``P, sigma, Q = svd(S)``; the new rank ``r1`` is the smallest with
 ``||sigma[r1:]||_2 <= theta``, ``theta = tau ||sigma||_2`` (relative, the default) or
@@ -63,7 +63,7 @@ def truncate(S: torch.Tensor, *, rank: int | None = None, tau: float = 0.0, abso
     # the integrator rotates the bases by them every step, so that error would pile up
     # (~1e-5 after ten steps). Small cores are therefore decomposed in float64 (LAPACK
     # latency dominates there, so it costs about the same); large ones in float32, whose
-    # kept singular vectors are then re-orthonormalised in float64 (a QR of (k, r1) is much
+    # kept singular vectors are then re-orthonormalized in float64 (a QR of (k, r1) is much
     # cheaper than a float64 SVD of (k, k)).
     small = S.dtype == torch.float64 or max(S.shape) <= FLOAT64_SVD_UP_TO
     p, sigma, qh = robust_svd(S.double() if small else S)     # (a, s), (s,), (s, b)

@@ -1,4 +1,4 @@
-"""LoRA adapter around a frozen dense layer (design §2.7; Hu et al. 2021).
+"""LoRA adapter around a frozen dense layer.
 
 ``y = W0 x + b0 + (lora_alpha / r) B A x`` with the base ``W0: (n, m)``, ``b0`` frozen,
 ``A: (r, m)`` small random and ``B: (n, r)`` zero at the start (so a fresh adapter

@@ -1,4 +1,4 @@
-"""SVD-parameterised linear layer (design §2.4).
+"""SVD-parameterized linear layer.
 
 ``W = U diag(s) V^T`` with ``U: (n, r)``, ``s: (r,)``, ``V: (m, r)`` trained directly.
 Orthogonality of ``U``, ``V`` is encouraged by a penalty, sparsity of ``s`` by the

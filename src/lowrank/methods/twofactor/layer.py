@@ -1,4 +1,4 @@
-"""Two-factor layer of SVD-DNN (design §2.3; Xue et al. / Cai et al. 2014).
+"""Two-factor layer of SVD-DNN.
 
 ``W ~ W1 W2`` with ``W1: (n, l)`` and ``W2: (l, m)``; no core, no orthogonality.
 From a trained dense layer: ``W = U S V^T``, ``W1 = U_l S_l^(1/2)``, ``W2 = S_l^(1/2) V_l^T``

@@ -30,7 +30,7 @@ def is_converted(model: nn.Module) -> bool:
 
 class TwoFactorStepper(Stepper):
     """Plain steps; at step ``switch_step = round(phi * total_steps)`` the targeted layers are
-    factorised. Resumes on either side of the switch: a model already holding two-factor
+    factorized. Resumes on either side of the switch: a model already holding two-factor
     layers (restored structure) counts as switched."""
 
     def __init__(self, model: nn.Module, cfg: TrainConfig, total_steps: int = 0):
@@ -40,7 +40,7 @@ class TwoFactorStepper(Stepper):
         self.switched = is_converted(model)
 
     def switch(self) -> None:
-        """Factorise the targeted layers in place and rebuild the optimizer."""
+        """Factorize the targeted layers in place and rebuild the optimizer."""
         convert(self.model, self.method_cfg, inplace=True)
         self.rebuild_optimizer()
         self.switched = True
@@ -62,7 +62,7 @@ class TwoFactorStepper(Stepper):
             raise CheckpointError(
                 f"twofactor checkpoint was taken {'after' if state.get('switched') else 'before'} the "
                 f"switch (step {state.get('switch_step')}) but the model is "
-                f"{'already' if converted else 'not'} factorised: restore the checkpoint's structure first")
+                f"{'already' if converted else 'not'} factorized: restore the checkpoint's structure first")
         self.switched = converted
         if self.optimizer_is_stale():
             self.rebuild_optimizer()

@@ -1,8 +1,8 @@
-"""Vanilla low-rank linear layer (design §2.2, thesis §4.3).
+"""Vanilla low-rank linear layer.
 
 ``W = U S V^T`` with ``U: (n, r)``, ``S: (r, r)``, ``V: (m, r)``; all three and the
 bias are ordinary ``nn.Parameter``s trained by any optimizer. Nothing keeps ``U``
-and ``V`` orthonormal after initialisation: that is the point of the baseline.
+and ``V`` orthonormal after initialization: that is the point of the baseline.
 """
 
 from __future__ import annotations
