@@ -19,8 +19,8 @@ from ...errors import CheckpointError
 from ...layer import is_lowrank
 from ...registry import Method, register_method
 from .config import DEFAULT_RANK, DLRTConfig
+from .integrators import INTEGRATORS, DLRTStepper, make_dlrt_stepper
 from .layer import DLRTLinear
-from .steppers import INTEGRATORS, DLRTStepper, make_dlrt_stepper
 
 __all__ = ["DLRTConfig", "DLRTLinear", "DLRTStepper", "INTEGRATORS", "DEFAULT_RANK", "prepare", "make_stepper"]
 

@@ -31,7 +31,7 @@ __all__ = ["AdaptiveKLSStepper"]
 
 class AdaptiveKLSStepper(KLSStepper):
     """Rank-adaptive KLS in one pass per step (see the module docstring); arguments as for
-    :class:`~.integrator.DLRTStepper`. With ``adaptive`` False (``then_fixed``) it takes
+    :class:`~.base_step.DLRTStepper`. With ``adaptive`` False (``then_fixed``) it takes
     fixed-rank KLS steps."""
 
     supports_adaptive = True

@@ -7,7 +7,7 @@ from typing import Any
 
 from ...errors import ConfigError
 from ...method_config import FactorizedConfig
-from .steppers import INTEGRATORS
+from .integrators import INTEGRATORS
 from .truncation import TRUNCATIONS
 
 __all__ = ["DLRTConfig", "DEFAULT_RANK"]

@@ -12,14 +12,14 @@ from __future__ import annotations
 import torch
 
 from ...losses import LossFn
-from .integrator import DLRTStepper
+from .base_step import DLRTStepper
 from .kls import kls_coefficients, kls_fixed_basis
 
 __all__ = ["KLSStepper"]
 
 
 class KLSStepper(DLRTStepper):
-    """Fixed-rank KLS (see the module docstring); arguments as for :class:`~.integrator.DLRTStepper`
+    """Fixed-rank KLS (see the module docstring); arguments as for :class:`~.base_step.DLRTStepper`
     (``adaptive`` must be False: the rank-adaptive variant is :class:`~.adaptive_kls_step.AdaptiveKLSStepper`)."""
 
     integrator = "kls"

@@ -27,7 +27,7 @@ from torch import nn
 from ...config import OptimConfig
 from ...errors import ConfigError
 from ...losses import LossFn
-from .integrator import DLRTStepper
+from .base_step import DLRTStepper
 from .parallel import parallel_augment
 from .power import needs_exact, parallel_power_step
 from .truncation import select_rank, truncate
@@ -39,7 +39,7 @@ class ParallelStepper(DLRTStepper):
     """The parallel integrator, fixed or rank-adaptive (see the module docstring).
 
     Args:
-        model, cfg, total_steps, **options: as for :class:`~.integrator.DLRTStepper`.
+        model, cfg, total_steps, **options: as for :class:`~.base_step.DLRTStepper`.
         diagonalize_every: a step with the power truncation takes the SVD of its ``r x r``
             core only every this many steps (1: every step), or when a rank-adaptive rule
             changes the rank. The other steps keep the triangular core the power step leaves,

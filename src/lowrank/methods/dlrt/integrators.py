@@ -7,7 +7,7 @@ from torch import nn
 from ...config import OptimConfig
 from ...errors import ConfigError
 from .adaptive_kls_step import AdaptiveKLSStepper
-from .integrator import DLRTStepper
+from .base_step import DLRTStepper
 from .kls_step import KLSStepper
 from .parallel_step import ParallelStepper
 
@@ -28,7 +28,7 @@ def make_dlrt_stepper(model: nn.Module, cfg: OptimConfig, total_steps: int = 0, 
                       diagonalize_every: int = 10) -> DLRTStepper:
     """The stepper of ``integrator`` (fixed-rank or rank-adaptive by ``adaptive``) for ``model``.
 
-    The options are :class:`~.integrator.DLRTStepper`'s; ``diagonalize_every`` is
+    The options are :class:`~.base_step.DLRTStepper`'s; ``diagonalize_every`` is
     :class:`~.parallel_step.ParallelStepper`'s (the KLS steppers have no such option).
     """
     if integrator not in INTEGRATORS:

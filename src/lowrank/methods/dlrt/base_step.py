@@ -7,7 +7,7 @@ its own module and implements one step, :meth:`DLRTStepper._step`:
 - :class:`~.kls_step.KLSStepper`: fixed-rank KLS (two passes per step);
 - :class:`~.adaptive_kls_step.AdaptiveKLSStepper`: rank-adaptive KLS (one pass per step).
 
-:func:`~.steppers.make_dlrt_stepper` picks the class by integrator name and ``adaptive``.
+:func:`~.integrators.make_dlrt_stepper` picks the class by integrator name and ``adaptive``.
 
 The integrator treats, per :class:`~lowrank.methods.dlrt.layer.DLRTLinear` layer, ``K (n, r)``,
 ``L (m, r)`` and ``S (r, r)`` as parameters of one ordinary torch optimizer (built by
@@ -84,7 +84,7 @@ class DLRTStepper(Stepper, ABC):
             QRs every step (``_fresh_bases``) need none.
     """
 
-    #: The integrator's name (a key of :data:`~.steppers.INTEGRATORS`).
+    #: The integrator's name (a key of :data:`~.integrators.INTEGRATORS`).
     integrator: ClassVar[str]
     #: Can this stepper run rank-adaptive steps? (False: fixed rank only.)
     supports_adaptive: ClassVar[bool] = True
