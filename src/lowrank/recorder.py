@@ -90,19 +90,10 @@ class ProgressBar(Callback):
         acc = row.get("test_acc")
         self.bar.set_postfix_str(f"loss {row['train_loss']:.4f}" + (f" test acc {acc:.4f}" if acc is not None else ""))
 
-    def _close(self) -> None:
+    def on_close(self, loop: Loop) -> None:
         if self.bar is not None:
             self.bar.close()
             self.bar = None
-
-    def on_fit_end(self, loop: Loop) -> None:
-        self._close()
-
-    def on_interrupt(self, loop: Loop) -> None:
-        self._close()
-
-    def on_fail(self, loop: Loop, error: BaseException) -> None:
-        self._close()
 
 
 class OnEpoch(Callback):
@@ -137,17 +128,8 @@ class TensorBoardWriter(Callback):
             self.writer.add_scalar("lr", groups[0]["lr"], step)
         self.writer.flush()
 
-    def _close(self) -> None:
+    def on_close(self, loop: Loop) -> None:
         self.writer.close()
-
-    def on_fit_end(self, loop: Loop) -> None:
-        self._close()
-
-    def on_interrupt(self, loop: Loop) -> None:
-        self._close()
-
-    def on_fail(self, loop: Loop, error: BaseException) -> None:
-        self._close()
 
 
 def summarize(model: nn.Module, stepper: Any, data: Splits, loss: str,

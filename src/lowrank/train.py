@@ -106,6 +106,9 @@ class Callback:
     def on_fail(self, loop: Loop, error: BaseException) -> None:
         """When training stops by an exception other than an interrupt (divergence included)."""
 
+    def on_close(self, loop: Loop) -> None:
+        """Last, however the loop ended (finished, interrupted or failed): release files, bars."""
+
 
 def fit(model: nn.Module, data: Splits, stepper: Stepper, *, epochs: int, batch_size: int = 64,
         loss: str = "auto", seed: int = 0, noise: float = 0.0, schedule: str = "constant",
@@ -144,59 +147,63 @@ def fit(model: nn.Module, data: Splits, stepper: Stepper, *, epochs: int, batch_
     for cb in callbacks:
         cb.on_fit_start(loop)
     try:
-        while state.epoch < epochs:
-            if state.perm is None:  # a state taken mid-epoch carries the epoch's order
-                state.perm = torch.randperm(n_train, generator=gen.manual_seed(_seed(seed, state.epoch))).to(device)
-                state.partial = {"loss_sum": 0.0, "time": 0.0}
-            perm = state.perm
-            loss_sum = torch.zeros((), device=device, dtype=torch.float64)
-            with PeakMemory(device) as mem:
-                t0 = time.perf_counter()
-                try:
-                    for b in range(state.batch, steps_per_epoch):
-                        idx = perm[b * batch_size:(b + 1) * batch_size]
-                        xb, yb = x_train[idx], y_train[idx]
-                        if noise:
-                            z = torch.randn(xb.shape, generator=gen.manual_seed(_seed(seed, state.epoch, b + 1)))
-                            xb = xb + noise * z.to(device)
-                        if schedule != "constant":
-                            stepper.set_lr_scale(lr_scale(schedule, (state.epoch * steps_per_epoch + b)
-                                                          / loop.total_steps))
-                        batch_loss = stepper.step(xb, yb, loss_fn)
-                        loss_sum += batch_loss * len(idx)
-                        if not torch.isfinite(batch_loss):
-                            raise TrainingDivergedError(
-                                f"loss became {float(batch_loss)} at epoch {state.epoch + 1}, batch {b + 1} "
-                                f"(try a smaller --lr or --clip 4)")
-                        state.batch = b + 1
+        try:
+            while state.epoch < epochs:
+                if state.perm is None:  # a state taken mid-epoch carries the epoch's order
+                    state.perm = torch.randperm(n_train, generator=gen.manual_seed(_seed(seed, state.epoch))).to(device)
+                    state.partial = {"loss_sum": 0.0, "time": 0.0}
+                perm = state.perm
+                loss_sum = torch.zeros((), device=device, dtype=torch.float64)
+                with PeakMemory(device) as mem:
+                    t0 = time.perf_counter()
+                    try:
+                        for b in range(state.batch, steps_per_epoch):
+                            idx = perm[b * batch_size:(b + 1) * batch_size]
+                            xb, yb = x_train[idx], y_train[idx]
+                            if noise:
+                                z = torch.randn(xb.shape, generator=gen.manual_seed(_seed(seed, state.epoch, b + 1)))
+                                xb = xb + noise * z.to(device)
+                            if schedule != "constant":
+                                stepper.set_lr_scale(lr_scale(schedule, (state.epoch * steps_per_epoch + b)
+                                                              / loop.total_steps))
+                            batch_loss = stepper.step(xb, yb, loss_fn)
+                            loss_sum += batch_loss * len(idx)
+                            if not torch.isfinite(batch_loss):
+                                raise TrainingDivergedError(
+                                    f"loss became {float(batch_loss)} at epoch {state.epoch + 1}, batch {b + 1} "
+                                    f"(try a smaller --lr or --clip 4)")
+                            state.batch = b + 1
+                            for cb in callbacks:
+                                cb.on_step_end(loop)
+                    except KeyboardInterrupt:
+                        state.partial["loss_sum"] += float(loss_sum)
+                        state.partial["time"] += time.perf_counter() - t0
                         for cb in callbacks:
-                            cb.on_step_end(loop)
-                except KeyboardInterrupt:
-                    state.partial["loss_sum"] += float(loss_sum)
-                    state.partial["time"] += time.perf_counter() - t0
-                    for cb in callbacks:
-                        cb.on_interrupt(loop)
-                    raise
-                epoch_time = time.perf_counter() - t0 + state.partial["time"]
-            train_loss = (float(loss_sum) + state.partial["loss_sum"]) / n_train
-            metrics = _epoch_metrics(model, data, loss, train_loss, epoch_time, n_train, mem.peak)
-            extra = stepper.end_epoch(state.epoch)
-            ranks = extra.pop("ranks", None)
-            row = {"epoch": state.epoch, **metrics, "extra": extra, "ranks": ranks}
-            state.history.append(row)
-            state.epoch, state.batch, state.perm = state.epoch + 1, 0, None
-            state.partial = {"loss_sum": 0.0, "time": 0.0}
+                            cb.on_interrupt(loop)
+                        raise
+                    epoch_time = time.perf_counter() - t0 + state.partial["time"]
+                train_loss = (float(loss_sum) + state.partial["loss_sum"]) / n_train
+                metrics = _epoch_metrics(model, data, loss, train_loss, epoch_time, n_train, mem.peak)
+                extra = stepper.end_epoch(state.epoch)
+                ranks = extra.pop("ranks", None)
+                row = {"epoch": state.epoch, **metrics, "extra": extra, "ranks": ranks}
+                state.history.append(row)
+                state.epoch, state.batch, state.perm = state.epoch + 1, 0, None
+                state.partial = {"loss_sum": 0.0, "time": 0.0}
+                for cb in callbacks:
+                    cb.on_epoch_end(loop, row)
+            stepper.end_training()  # e.g. energy pruning
+        except KeyboardInterrupt:
+            raise
+        except Exception as e:
             for cb in callbacks:
-                cb.on_epoch_end(loop, row)
-        stepper.end_training()  # e.g. energy pruning
-    except KeyboardInterrupt:
-        raise
-    except Exception as e:
+                cb.on_fail(loop, e)
+            raise
         for cb in callbacks:
-            cb.on_fail(loop, e)
-        raise
-    for cb in callbacks:
-        cb.on_fit_end(loop)
+            cb.on_fit_end(loop)
+    finally:
+        for cb in callbacks:
+            cb.on_close(loop)
     return state.history
 
 

@@ -11,16 +11,24 @@ from ...stepper import Stepper
 from .config import DEFAULT_RANK, LoRAConfig
 from .layer import LoRALinear
 
-__all__ = ["LoRAConfig", "LoRALinear", "DEFAULT_RANK", "prepare"]
+__all__ = ["LoRAConfig", "LoRALinear", "DEFAULT_RANK", "prepare", "freeze_base"]
+
+
+def freeze_base(model: nn.Module) -> nn.Module:
+    """Freeze every parameter of ``model`` but the LoRA adapters ``A``, ``B`` (in place; returns
+    ``model``): what LoRA fine-tuning trains. Call it after ``convert(model, "lora", ...)``."""
+    for module in model.modules():
+        for name, p in module.named_parameters(recurse=False):
+            p.requires_grad_(isinstance(module, LoRALinear) and name in ("A", "B"))
+    return model
 
 
 def prepare(model: nn.Module, cfg: LoRAConfig) -> nn.Module:
-    """Optionally load ``base_checkpoint``, freeze every parameter, wrap the targeted Linears
-    in :class:`LoRALinear`: only the adapters ``A``, ``B`` train."""
+    """Optionally load ``base_checkpoint``, wrap the targeted Linears in :class:`LoRALinear` and
+    freeze everything else: only the adapters ``A``, ``B`` train."""
     if cfg.base_checkpoint:
         load_dense_weights(model, cfg.base_checkpoint)
-    model.requires_grad_(False)
-    return convert(model, cfg, inplace=True)
+    return freeze_base(convert(model, cfg, inplace=True))
 
 
 register_method(Method(

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import torch
 from torch import nn
 
 from ...config import TrainConfig
@@ -14,9 +15,10 @@ from .layer import SVDLinear
 __all__ = ["SVDStepper", "prune"]
 
 
-def prune(model: nn.Module, energy: float, optimizer=None) -> dict[str, int]:
-    """Shrink each :class:`SVDLinear` of ``model`` to the fewest singular values holding ``energy``
-    of ``sum s^2``; returns the new ranks by layer name.
+def prune(model: nn.Module, prune_energy: float = 0.99, optimizer: torch.optim.Optimizer | None = None) -> dict[str, int]:
+    """Shrink each :class:`SVDLinear` of ``model``, in place, to the fewest singular values holding
+    ``prune_energy`` of its ``sum s^2`` (the SVD method's end of training, with the CLI's
+    default); returns the new ranks by layer name.
 
     With ``optimizer``, its state (momentum, Adam's moments) is restricted to the kept
     singular triplets, so training could continue over the smaller parameters.
@@ -24,7 +26,7 @@ def prune(model: nn.Module, energy: float, optimizer=None) -> dict[str, int]:
     ranks: dict[str, int] = {}
     for name, mod in list(model.named_modules()):
         if isinstance(mod, SVDLinear):
-            idx = mod.prune_indices(energy)
+            idx = mod.prune_indices(prune_energy)
             old = {"U": mod.U, "s": mod.s, "V": mod.V}
             mod.keep(idx)
             if optimizer is not None:

@@ -6,9 +6,9 @@ from __future__ import annotations
 from ...registry import Method, register_method
 from .config import TwoFactorConfig, inner_dim
 from .layer import TwoFactorLinear
-from .step import TwoFactorStepper
+from .step import TwoFactorStepper, factorize, switch_step
 
-__all__ = ["TwoFactorConfig", "TwoFactorLinear", "TwoFactorStepper", "inner_dim"]
+__all__ = ["TwoFactorConfig", "TwoFactorLinear", "TwoFactorStepper", "inner_dim", "factorize", "switch_step"]
 
 register_method(Method(
     name="twofactor", config=TwoFactorConfig, summary="dense warm-up, then W ~ W1 W2 by truncated SVD (SVD-DNN)",

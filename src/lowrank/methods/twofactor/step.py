@@ -20,7 +20,20 @@ from ...losses import LossFn
 from ...stepper import Stepper
 from .layer import TwoFactorLinear
 
-__all__ = ["TwoFactorStepper", "is_converted"]
+__all__ = ["TwoFactorStepper", "is_converted", "switch_step", "factorize"]
+
+
+def switch_step(total_steps: int, phi: float = 0.1) -> int:
+    """The step before which a run of ``total_steps`` steps factorizes: ``round(phi * total_steps)``."""
+    return int(round(phi * total_steps))
+
+
+def factorize(model: nn.Module, **options: Any) -> nn.Module:
+    """The warm-up's end: replace the selected Linears of ``model`` in place by
+    :class:`TwoFactorLinear` (``W1 = U_l S_l^(1/2)``, ``W2 = S_l^(1/2) V_l^T``); ``options`` are
+    the two-factor config's fields (``rank``, ``inner_fraction``, ``target`` ...). The
+    optimizer must be rebuilt over the new parameters afterwards."""
+    return convert(model, "twofactor", inplace=True, **options)
 
 
 def is_converted(model: nn.Module) -> bool:
@@ -36,12 +49,12 @@ class TwoFactorStepper(Stepper):
     def __init__(self, model: nn.Module, cfg: TrainConfig, total_steps: int = 0):
         super().__init__(model, cfg.optim, total_steps)
         self.method_cfg = cfg.method
-        self.switch_step = int(round(cfg.method.phi * total_steps))
+        self.switch_step = switch_step(total_steps, cfg.method.phi)
         self.switched = is_converted(model)
 
     def switch(self) -> None:
         """Factorize the targeted layers in place and rebuild the optimizer."""
-        convert(self.model, self.method_cfg, inplace=True)
+        convert(self.model, self.method_cfg, inplace=True)   # factorize() with this run's options
         self.rebuild_optimizer()
         self.switched = True
 
