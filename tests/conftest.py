@@ -40,3 +40,34 @@ def _session_array_cache(tmp_path_factory: pytest.TempPathFactory):
         os.environ.pop("LOWRANK_CACHE", None)
     else:
         os.environ["LOWRANK_CACHE"] = old
+
+
+@pytest.fixture(scope="session")
+def lowrank_cli():
+    """``run(args, cwd, env=None, pythonpath=(), timeout=300, background=False)``: ``python -m lowrank ARGS``.
+
+    It runs in ``cwd`` with ``LOWRANK_DATA`` set to the real datasets, ``LOWRANK_CACHE``
+    at ``cwd/cache``, ``LOWRANK_DB`` at ``cwd/default.db`` (tests pass their own ``--db``;
+    nothing is ever written under the repository), one math thread, no ``$LOWRANK_PLUGINS``
+    unless ``env`` gives it, and the ``pythonpath`` folders put in front of ``$PYTHONPATH``;
+    ``env`` entries override the rest. Returns the ``subprocess.CompletedProcess`` (text
+    mode); with ``background=True`` the started ``subprocess.Popen`` instead (read it with
+    ``communicate()``), so independent commands can run side by side.
+    """
+    import subprocess
+    import sys
+
+    def run(args, cwd, env=None, pythonpath=(), timeout=300, background=False):
+        e = {k: v for k, v in os.environ.items() if k != "LOWRANK_PLUGINS"}
+        path = [str(p) for p in pythonpath] + ([e["PYTHONPATH"]] if e.get("PYTHONPATH") else [])
+        e.update({"LOWRANK_DATA": str(DATASETS_DIR), "LOWRANK_CACHE": str(Path(cwd) / "cache"),
+                  "LOWRANK_DB": str(Path(cwd) / "default.db"), "OMP_NUM_THREADS": "1"})
+        if path:
+            e["PYTHONPATH"] = os.pathsep.join(path)
+        e.update(env or {})
+        cmd = [sys.executable, "-m", "lowrank", *map(str, args)]
+        if background:
+            return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=cwd, env=e)
+        return subprocess.run(cmd, capture_output=True, text=True, cwd=cwd, env=e, timeout=timeout)
+
+    return run

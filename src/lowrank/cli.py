@@ -77,15 +77,15 @@ def _choices() -> dict[str, tuple[str, ...]]:
             "loss": tuple(LOSSES), "activation": tuple(ACTIVATIONS)}
 
 
-def _add_fields(group: Any, cls: type, section: str, seen: set[str], choices: dict[str, tuple[str, ...]]) -> None:
-    """One flag per field of ``cls`` not in ``seen``; ``dest`` is ``section.field``."""
+def _add_fields(group: Any, cls: type, section: str, seen: set[str], choices: dict[str, tuple[str, ...]],
+                owners: dict[str, list[str]] | None = None) -> None:
+    """One flag per field of ``cls`` not in ``seen``; ``dest`` is ``section.field``; ``owners``
+    (method options) names the methods that have each field in its help."""
     hints = typing.get_type_hints(cls)
     docs = _field_docs(cls)
     for f in dataclasses.fields(cls):
         if dataclasses.is_dataclass(hints[f.name]) or f.name in seen or hints[f.name] is typing.Any:
             continue
-        if typing.get_origin(hints[f.name]) is dict:
-            pass
         seen.add(f.name)
         flag = _flag(f.name)
         typ = hints[f.name]
@@ -93,6 +93,8 @@ def _add_fields(group: Any, cls: type, section: str, seen: set[str], choices: di
             typ = next(a for a in typing.get_args(typ) if a is not type(None))
         default = f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[misc]
         help_text = docs.get(f.name, "") + (f" (default: {default})" if default not in (None, False, {}) else "")
+        if owners is not None:
+            help_text = f"[{', '.join(owners[f.name])}] {help_text}"
         dest = f"{section}.{f.name}"
         if typ is bool:
             group.add_argument(flag, dest=dest, action=argparse.BooleanOptionalAction, default=None, help=help_text)
@@ -115,13 +117,17 @@ def _add_config_flags(parser: argparse.ArgumentParser, sections: tuple[str, ...]
     classes = {"train": TrainConfig, "data": DataConfig, "optim": OptimConfig}
     for section in sections:
         if section == "method":
-            group = parser.add_argument_group("method", "--method NAME and its options (each flag names the methods "
-                                                        "it belongs to)")
+            group = parser.add_argument_group("method", "--method NAME and its options ([...] names the methods "
+                                                        "each option belongs to)")
+            owners: dict[str, list[str]] = {}
+            for name in method_names():
+                for option in get_method(name).config.options():
+                    owners.setdefault(option, []).append(name)
             group.add_argument("--method", dest="method.method", default=None, choices=choices["method"],
                                help="layer parameterization: " + "; ".join(
                                    f"{n}: {get_method(n).summary}" for n in method_names()))
             for name in method_names():
-                _add_fields(group, get_method(name).config, "method", seen, choices)
+                _add_fields(group, get_method(name).config, "method", seen, choices, owners)
         else:
             _add_fields(parser.add_argument_group(section), classes[section], section, seen, choices)
 
@@ -290,9 +296,27 @@ def cmd_inspect(ns: argparse.Namespace) -> int:
           f"{'break-even':>10s}")
     for r in rows:
         shape = f"{r['out_features']}x{r['in_features']}"
-        note = "" if r["convert"] or r["type"] != "Linear" else "  (kept dense)"
+        notes = []
+        if r["kind"] == "conv":
+            kh, kw = r["kernel_size"]
+            notes.append(f"conv {r['out_channels']}x{r['in_channels']}x{kh}x{kw}")
+        if r.get("note"):
+            notes.append(r["note"])
+        if r["convert"]:
+            notes.append(f"-> {r['becomes']}")
+        elif r["rank"] is None:
+            notes.append("kept dense")
+        note = f"  ({'; '.join(notes)})" if notes else ""
         print(f"{r['name']:{width}s} {r['type']:>14s} {shape:>14s} {str(r['rank'] or '-'):>5s} {r['params_before']:>9d} "
               f"{r['params_after']:>9d} {r['break_even_rank']:>10.1f}{note}")
+    attention = dict.fromkeys(r["attention"] for r in rows if r.get("attention") is not None)
+    for name in attention:
+        projs = [r for r in rows if r.get("attention") == name]
+        what = ", ".join(f"{r['projection']}: " + (f"{r['becomes']} r{r['rank']}" if r["rank"] else "dense")
+                         for r in projs)
+        becomes = " -> LowRankMultiheadAttention" if any(r["convert"] and r["type"] == "MultiheadAttention"
+                                                         for r in projs) else ""
+        print(f"attention {name or '(model)'}{becomes}: {what}")
     return 0
 
 
@@ -518,12 +542,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
-    ns = parser.parse_args(argv)
-    if ns.db is None:
-        from .store import default_db_path
-        ns.db = str(default_db_path())
     try:
+        parser = build_parser()   # imports the methods, plugins included
+        ns = parser.parse_args(argv)
+        if ns.db is None:
+            from .store import default_db_path
+            ns.db = str(default_db_path())
         return int(ns.func(ns) or 0)
     except LowRankError as e:
         print(f"lowrank: error: {e}", file=sys.stderr)

@@ -4,7 +4,7 @@
   and on Ctrl-C, ``metrics.jsonl``, ``summary.json``) and the SQLite rows of one run;
 - :class:`ProgressBar`: a tqdm bar over the run's steps;
 - :class:`OnEpoch`: calls a function with each epoch's row (the CLI prints it);
-- :class:`TensorBoardWriter`: scalars per epoch (and the loss per step) for TensorBoard.
+- :class:`TensorBoardWriter`: scalars per epoch for TensorBoard.
 """
 
 from __future__ import annotations
@@ -47,15 +47,22 @@ class Recorder(Callback):
         write_checkpoint(self.run_dir / "checkpoint.pt", payload)
 
     def on_fit_start(self, loop: Loop) -> None:
-        self.store.delete_epochs_from(self.run_id, loop.state.epoch)
+        # The checkpoint is the commit point: rows and lines of epochs after it (written just
+        # before a death that came ahead of the checkpoint) are dropped and trained again.
+        done = loop.state.epoch
+        self.store.delete_epochs_from(self.run_id, done)
+        lines = self.run_dir / "metrics.jsonl"
+        if lines.exists():
+            kept = lines.read_text().splitlines(keepends=True)[:done]
+            lines.write_text("".join(kept))
 
     def on_epoch_end(self, loop: Loop, row: dict[str, Any]) -> None:
-        self.save(loop)
         metrics = {k: v for k, v in row.items() if k not in ("epoch", "extra", "ranks")}
         extra = {**row["extra"], **{k: v for k, v in metrics.items() if k not in EPOCH_COLUMNS}}
         self.store.log_epoch(self.run_id, row["epoch"], metrics, extra, row["ranks"])
         with open(self.run_dir / "metrics.jsonl", "a") as f:
             f.write(json.dumps(row, default=float) + "\n")
+        self.save(loop)
 
     def on_interrupt(self, loop: Loop) -> None:
         self.save(loop)

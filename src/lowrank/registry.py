@@ -70,7 +70,6 @@ def _load() -> None:
     global _loaded
     if _loaded:
         return
-    _loaded = True
     importlib.import_module("lowrank.methods")
     names = [n.strip() for n in os.environ.get(PLUGINS_ENV, "").split(",") if n.strip()]
     for name in names:
@@ -81,6 +80,7 @@ def _load() -> None:
                               f"fix PYTHONPATH or the variable") from None
     for ep in entry_points(group="lowrank.methods"):
         ep.load()
+    _loaded = True  # only once every import succeeded: a failed one is reported again
 
 
 def method_names() -> tuple[str, ...]:
@@ -93,7 +93,8 @@ def get_method(name: str) -> Method:
     """The method registered as ``name``; an unknown name is a ConfigError listing the known ones."""
     _load()
     if name not in _METHODS:
-        raise ConfigError(f"method {name!r} is not one of {', '.join(_METHODS)}")
+        raise ConfigError(f"method {name!r} is not one of {', '.join(_METHODS)} (a method outside lowrank: "
+                          f"name its module in ${PLUGINS_ENV})")
     return _METHODS[name]
 
 

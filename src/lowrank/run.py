@@ -20,6 +20,7 @@ from .checkpoint import load_model, read_checkpoint
 from .config import TrainConfig
 from .data import Splits, load_dataset
 from .errors import CheckpointError
+from .losses import resolve_loss
 from .models import MODELS
 from .models import build_model as build_base_model
 from .recorder import OnEpoch, ProgressBar, Recorder, TensorBoardWriter
@@ -118,6 +119,7 @@ def resume_run(run_id: int, *, store: Store, data: Splits | None = None, progres
 
 
 def _prepare(cfg: TrainConfig, data: Splits, ckpt: dict[str, Any] | None) -> tuple[nn.Module, Stepper, int]:
+    resolve_loss(cfg.loss, data.num_classes)  # a loss that does not fit the targets: refused before any write
     model = build_model(cfg, data)
     if ckpt is not None:
         load_model(model, ckpt)

@@ -19,22 +19,22 @@ DEFAULT_RANK = 20
 @dataclass
 class DLRTConfig(FactorizedConfig):
     integrator: str = "parallel"
-    """dlrt: kls (two passes per step) or parallel (one pass)."""
+    """Kls (two passes per step) or parallel (one pass)."""
     adaptive: bool = False
-    """dlrt: adapt ranks by truncating with tolerance tau."""
+    """Adapt ranks by truncating with tolerance tau."""
     tau: float = 0.1
-    """dlrt: truncation tolerance, relative to ||S||_F unless tau_absolute."""
+    """Truncation tolerance, relative to ||S||_F unless tau_absolute."""
     tau_absolute: bool = False
-    """dlrt: interpret tau as an absolute tolerance."""
+    """Interpret tau as an absolute tolerance."""
     min_rank: int = 1
-    """dlrt: lower cap on adaptive ranks."""
+    """Lower cap on adaptive ranks."""
     max_rank: int | None = None
-    """dlrt: upper cap on adaptive ranks (default: min(m, n) // 2)."""
+    """Upper cap on adaptive ranks (default: min(m, n) // 2)."""
     truncation: str = "power"
-    """dlrt: power (one block power step from the current bases, then an r x r SVD; the exact SVD
+    """Power (one block power step from the current bases, then an r x r SVD; the exact SVD
     when an adaptive step must grow the rank) or svd (always the exact SVD of the 2r x 2r core)."""
     then_fixed: int = 0
-    """dlrt: the last N of the epochs run at the ranks the adaptive phase found (adaptive then fixed)."""
+    """The last N of the epochs run at the ranks the adaptive phase found (adaptive then fixed)."""
     init_decay: float = 1.0
     """Initial singular values scaled by 1/init_decay^i (ill-conditioning experiment)."""
     base_checkpoint: str | None = None

@@ -17,7 +17,7 @@ DEFAULT_RANK = 8
 @dataclass
 class LoRAConfig(FactorizedConfig):
     lora_alpha: float = 16.0
-    """lora: scaling numerator; the adapter's update B A is scaled by lora_alpha / rank."""
+    """Scaling numerator; the adapter's update B A is scaled by lora_alpha / rank."""
     base_checkpoint: str | None = None
     """Dense checkpoint (a lowrank run folder or checkpoint, or a state_dict file) to start from."""
 

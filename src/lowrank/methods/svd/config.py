@@ -14,11 +14,11 @@ __all__ = ["SVDConfig"]
 @dataclass
 class SVDConfig(FactorizedConfig):
     lambda_orth: float = 1e-3
-    """svd: weight of the orthogonality penalty ||U^T U - I||_F^2 + ||V^T V - I||_F^2."""
+    """Weight of the orthogonality penalty ||U^T U - I||_F^2 + ||V^T V - I||_F^2."""
     lambda_sparse: float = 1e-4
-    """svd: weight of the Hoyer sparsity penalty ||s||_1 / ||s||_2."""
+    """Weight of the Hoyer sparsity penalty ||s||_1 / ||s||_2."""
     prune_energy: float = 0.99
-    """svd: after training keep the fewest singular values holding this fraction of sum s^2."""
+    """After training keep the fewest singular values holding this fraction of sum s^2."""
 
     def __post_init__(self) -> None:
         super().__post_init__()

@@ -18,9 +18,9 @@ def inner_dim(out_features: int, in_features: int, inner_fraction: float) -> int
 @dataclass
 class TwoFactorConfig(FactorizedConfig):
     inner_fraction: float = 0.5
-    """twofactor: inner dimension l = inner_fraction * min(m, n) when no rank is given."""
+    """Inner dimension l = inner_fraction * min(m, n) when no rank is given."""
     phi: float = 0.1
-    """twofactor: fraction of the training steps spent dense before the SVD split."""
+    """Fraction of the training steps spent dense before the SVD split."""
 
     def __post_init__(self) -> None:
         super().__post_init__()
