@@ -19,7 +19,7 @@ DEFAULT_RANK = 20
 @dataclass
 class DLRTConfig(FactorizedConfig):
     integrator: str = "parallel"
-    """Kls (two passes per step) or parallel (one pass)."""
+    """The integrator: kls (two passes per step) or parallel (one pass)."""
     adaptive: bool = False
     """Adapt ranks by truncating with tolerance tau."""
     tau: float = 0.1
@@ -31,7 +31,7 @@ class DLRTConfig(FactorizedConfig):
     max_rank: int | None = None
     """Upper cap on adaptive ranks (default: min(m, n) // 2)."""
     truncation: str = "power"
-    """Power (one block power step from the current bases, then an r x r SVD; the exact SVD
+    """How a step truncates: power (one block power step from the current bases, then an r x r SVD; the exact SVD
     when an adaptive step must grow the rank) or svd (always the exact SVD of the 2r x 2r core)."""
     then_fixed: int = 0
     """The last N of the epochs run at the ranks the adaptive phase found (adaptive then fixed)."""
