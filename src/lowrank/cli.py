@@ -170,6 +170,7 @@ def _store(ns: argparse.Namespace):
 
 def cmd_train(ns: argparse.Namespace) -> int:
     from .run import resume_run, train_run
+    from .train import ForcedInterrupt
 
     store = _store(ns)
     progress = sys.stderr.isatty() and not ns.quiet
@@ -185,9 +186,13 @@ def cmd_train(ns: argparse.Namespace) -> int:
             cfg = config_from_args(ns)
             result = train_run(cfg, store=store, runs_dir=ns.runs_dir, progress=progress, tensorboard=ns.tensorboard,
                                on_epoch=None if ns.quiet or ns.json else _print_epoch)
+    except ForcedInterrupt:
+        print("\nlowrank: stopped at once (second interrupt); the last epoch's checkpoint is kept. Continue "
+              "with: lowrank train --resume <run id> (`lowrank runs` lists it)", file=sys.stderr)
+        return 130
     except KeyboardInterrupt:
-        print("\nlowrank: interrupted; progress saved. Continue with: lowrank train --resume <run id> "
-              "(`lowrank runs` lists it)", file=sys.stderr)
+        print("\nlowrank: interrupted after a step; progress saved. Continue with: lowrank train --resume "
+              "<run id> (`lowrank runs` lists it)", file=sys.stderr)
         return 130
     out = {"run_id": result.run_id, "run_dir": str(result.run_dir), "config": result.config.to_dict(),
            "final": _final(result.history[-1], result.summary), "history": result.history}

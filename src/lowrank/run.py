@@ -19,7 +19,7 @@ from torch import nn
 from .checkpoint import load_model, read_checkpoint
 from .config import TrainConfig
 from .data import Splits, load_dataset
-from .errors import CheckpointError
+from .errors import CheckpointError, ConfigError
 from .losses import resolve_loss
 from .models import MODELS
 from .models import build_model as build_base_model
@@ -104,7 +104,11 @@ def resume_run(run_id: int, *, store: Store, data: Splits | None = None, progres
     run_dir = Path(row["run_dir"])
     ckpt_path = run_dir / "checkpoint.pt"
     ckpt = read_checkpoint(ckpt_path) if ckpt_path.exists() else None  # killed before epoch 1: restart
-    cfg = TrainConfig.from_dict(row["config"])
+    try:
+        cfg = TrainConfig.from_dict(row["config"])
+    except ConfigError as e:
+        raise CheckpointError(f"run {run_id}'s stored config does not fit this version of lowrank ({e}); "
+                              f"a run written by an older lowrank resumes with that version") from None
     if row["status"] == "finished":
         raise CheckpointError(f"run {run_id} has already finished ({cfg.epochs} of {cfg.epochs} epochs): "
                               f"nothing to resume (a run's length is part of its config; start a new run "

@@ -16,8 +16,11 @@ uninterrupted one.
 from __future__ import annotations
 
 import math
+import signal
+import threading
 import time
 from dataclasses import dataclass, field
+from types import FrameType
 from typing import Any
 
 import torch
@@ -30,10 +33,42 @@ from .memory import PeakMemory
 from .optimizers import lr_scale
 from .stepper import Stepper
 
-__all__ = ["fit", "evaluate", "Callback", "Loop", "LoopState", "TRAIN_METRIC_SAMPLES"]
+__all__ = ["fit", "evaluate", "Callback", "Loop", "LoopState", "ForcedInterrupt", "TRAIN_METRIC_SAMPLES"]
 
 #: Train-set metrics are measured after each epoch, in eval mode, on this many training samples.
 TRAIN_METRIC_SAMPLES = 10_000
+
+
+class ForcedInterrupt(KeyboardInterrupt):
+    """A second Ctrl-C (or SIGTERM) while the first waits for the step to end: stop at once,
+    mid-step, writing nothing."""
+
+
+class _StepBoundaryInterrupts:
+    """While active (main thread only), SIGINT and SIGTERM only set :attr:`requested`; the loop
+    reads it after each step and stops there, so a checkpoint never holds half a step. A
+    second signal raises :class:`ForcedInterrupt` at once."""
+
+    SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+    def __init__(self) -> None:
+        self.requested: int | None = None
+        self._previous: dict[int, Any] = {}
+
+    def _handle(self, signum: int, frame: FrameType | None) -> None:
+        if self.requested is not None:
+            raise ForcedInterrupt
+        self.requested = signum
+
+    def __enter__(self) -> "_StepBoundaryInterrupts":
+        if threading.current_thread() is threading.main_thread():
+            for sig in self.SIGNALS:
+                self._previous[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
 
 
 @dataclass
@@ -98,7 +133,8 @@ class Callback:
         """After each epoch's evaluation; ``row`` is the history entry just added."""
 
     def on_interrupt(self, loop: Loop) -> None:
-        """On Ctrl-C (KeyboardInterrupt) during an epoch; ``loop.state`` is the position reached."""
+        """On Ctrl-C or SIGTERM during an epoch, at the end of the step it came in (``loop.state``
+        is the position reached); not after a :class:`ForcedInterrupt`."""
 
     def on_fit_end(self, loop: Loop) -> None:
         """After the last epoch and the stepper's ``end_training`` (e.g. pruning)."""
@@ -146,8 +182,9 @@ def fit(model: nn.Module, data: Splits, stepper: Stepper, *, epochs: int, batch_
     x_train, y_train = data.train.x.to(device), data.train.y.to(device)
     for cb in callbacks:
         cb.on_fit_start(loop)
+    interrupts = _StepBoundaryInterrupts()
     try:
-        try:
+        with interrupts:
             while state.epoch < epochs:
                 if state.perm is None:  # a state taken mid-epoch carries the epoch's order
                     state.perm = torch.randperm(n_train, generator=gen.manual_seed(_seed(seed, state.epoch))).to(device)
@@ -175,6 +212,10 @@ def fit(model: nn.Module, data: Splits, stepper: Stepper, *, epochs: int, batch_
                             state.batch = b + 1
                             for cb in callbacks:
                                 cb.on_step_end(loop)
+                            if interrupts.requested is not None:
+                                raise KeyboardInterrupt
+                    except ForcedInterrupt:
+                        raise
                     except KeyboardInterrupt:
                         state.partial["loss_sum"] += float(loss_sum)
                         state.partial["time"] += time.perf_counter() - t0
@@ -193,14 +234,12 @@ def fit(model: nn.Module, data: Splits, stepper: Stepper, *, epochs: int, batch_
                 for cb in callbacks:
                     cb.on_epoch_end(loop, row)
             stepper.end_training()  # e.g. energy pruning
-        except KeyboardInterrupt:
-            raise
-        except Exception as e:
             for cb in callbacks:
-                cb.on_fail(loop, e)
-            raise
+                cb.on_fit_end(loop)
+    except Exception as e:
         for cb in callbacks:
-            cb.on_fit_end(loop)
+            cb.on_fail(loop, e)
+        raise
     finally:
         for cb in callbacks:
             cb.on_close(loop)
