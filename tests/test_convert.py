@@ -187,9 +187,11 @@ def test_layer_classes_come_from_the_registry() -> None:
         layer_class("NoSuchLinear")
 
 
-def test_multihead_attention_projection_is_skipped() -> None:
+def test_multihead_attention_projections_are_selectable() -> None:
     model = nn.Sequential(OrderedDict(att=nn.MultiheadAttention(8, 2), fc=nn.Linear(8, 8), out=nn.Linear(8, 2)))
-    assert select(model) == ["fc"]
+    assert select(model) == ["att.q_proj", "att.k_proj", "att.v_proj", "att.out_proj", "fc"]
+    assert select(model, target=["out_proj", "q_proj"]) == ["att.q_proj", "att.out_proj"]
+    assert select(model, exclude=r"att\..*") == ["fc"]
 
 
 def test_plan_rows() -> None:

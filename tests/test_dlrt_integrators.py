@@ -11,7 +11,7 @@ from torch.nn import functional as F
 from lowrank.config import OptimConfig
 from lowrank.methods.dlrt.basis import augment_basis
 from lowrank.methods.dlrt.optim_state import transform_state
-from lowrank.methods.dlrt.steppers import DLRTStepper, make_dlrt_stepper
+from lowrank.methods.dlrt.integrators import DLRTStepper, make_dlrt_stepper
 from lowrank.methods.dlrt.truncation import truncate
 from lowrank.methods.dlrt.layer import DLRTLinear
 from lowrank.linalg import (CHOLESKY_QR_MIN_COLS, CHOLESKY_QR_MIN_ROWS, cholesky_qr2, orthonormality_error,
@@ -191,12 +191,13 @@ def test_aligned_steps_keep_state_turning_steps_project_it(monkeypatch, adaptive
     stepper = make_dlrt_stepper(model, OptimConfig(optimizer="adam", lr=1e-3), integrator="parallel",
                           adaptive=adaptive, tau=0.3, diagonalize_every=7)
     projected, cores = [], []
-    monkeypatch.setattr(stepper, "_project", lambda *a, **k: projected.append(True))
-    set_factors = stepper._set_factors
+    opt = stepper.optimizer                 # the DLRT optimizer runs the integrator
+    monkeypatch.setattr(opt, "_project", lambda *a, **k: projected.append(True))
+    set_factors = opt._set_factors
     def recording(i, U, S, V, **known):
         cores.append(S.clone())             # S itself is stepped in place later
         set_factors(i, U, S, V, **known)
-    monkeypatch.setattr(stepper, "_set_factors", recording)
+    monkeypatch.setattr(opt, "_set_factors", recording)
     layer, kinds = model[0], set()
     for step in range(20):
         r0, U0 = layer.rank, layer.U.detach().clone()

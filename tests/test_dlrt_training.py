@@ -15,7 +15,7 @@ from lowrank.checkpoint import load_model, model_payload, write_checkpoint
 from lowrank.registry import method_config
 from lowrank.config import DataConfig, OptimConfig, TrainConfig
 from lowrank.errors import ConfigError
-from lowrank.methods.dlrt.steppers import DLRTStepper, make_dlrt_stepper
+from lowrank.methods.dlrt.integrators import DLRTStepper, make_dlrt_stepper
 from lowrank.methods.dlrt.layer import DLRTLinear
 from lowrank.linalg import orthonormality_error
 from lowrank.models import mlp

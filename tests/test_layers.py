@@ -251,3 +251,26 @@ def test_forward_matches_dense_weight_any_shape(m: int, n: int, data: st.DataObj
     assert layer.num_params() == cls.count_params(m, n, r, bias)
     if r == min(m, n) and cls is not LoRALinear:
         torch.testing.assert_close(w, lin.weight, atol=1e-10, rtol=0)
+
+
+@pytest.mark.parametrize("cls", [*ALL, layer_class("DLRTLinear")])
+@pytest.mark.parametrize("bias", [True, False])
+def test_drop_in_weight_and_bias(cls: type[LowRankLayer], bias: bool) -> None:
+    """``weight`` (the dense product, formed when read, differentiable, read-only) and ``bias`` as
+    nn.Linear has them: F.linear(x, layer.weight, layer.bias) is the layer's function."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        layer = cls.from_linear(dense(7, 5, bias=bias), 3)
+    if isinstance(layer, LoRALinear):
+        randomise_adapter(layer)
+    assert (layer.in_features, layer.out_features) == (7, 5)
+    assert layer.weight.shape == (5, 7) and "weight" not in dict(layer.named_parameters())
+    assert (layer.bias is None) == (not bias)
+    x = torch.randn(4, 7, dtype=torch.float64)
+    torch.testing.assert_close(torch.nn.functional.linear(x, layer.weight, layer.bias), layer.eval()(x),
+                               atol=1e-12, rtol=0)
+    with pytest.raises((AttributeError, KeyError)):
+        layer.weight = nn.Parameter(torch.zeros(5, 7, dtype=torch.float64))
+    trainable = [p for p in layer.parameters() if p.requires_grad and p.dim() > 1]
+    layer.weight.pow(2).sum().backward()
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in trainable)

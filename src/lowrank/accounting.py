@@ -14,9 +14,25 @@ Definitions (``m`` inputs, ``n`` outputs, ``r`` rank of a layer):
   ``training_params()`` (by default its parameters that require grad; DLRT also counts
   its ``K``, ``L`` and augmented bases), plus every other parameter that requires grad.
 - **optimizer state**: the sum of ``numel`` of every tensor in ``optimizer.state``.
+- **Linear-like layers**: ``nn.Linear``, ``nn.Conv2d``, every low-rank layer (linear or
+  conv), and the three in-projections packed in an ``nn.MultiheadAttention`` (``A.q_proj``,
+  ``A.k_proj``, ``A.v_proj``, named as :func:`lowrank.convert.convert` names them; its
+  ``out_proj`` is an ``nn.Linear``), in module order. A
+  :class:`~lowrank.attention.LowRankMultiheadAttention` holds its four as submodules.
 - **FLOPs per sample**: multiply-adds of the Linear-like layers only: a low-rank layer's
-  ``flops_per_sample()``, ``m n (+ n)`` for an ``nn.Linear``. Activations, attention
-  products, convolutions are not counted.
+  ``flops_per_sample()``, ``m n (+ n)`` for an ``nn.Linear`` or a projection (per sample
+  row: per token of a sequence), and for a convolution its multiply-adds per output
+  position times ``H_out W_out`` (an ``nn.Conv2d``: ``out (in / groups) kh kw (+ out)`` per
+  position; a low-rank conv: its ``position_flops()``). Activations, attention products
+  (``Q K^T``, softmax, ``A V``), pooling are not counted.
+- **convolutions' spatial size**: a convolution's FLOPs need its input's ``H x W``.
+  ``count(..., sample=x)`` measures it: one forward pass of ``x`` (a batch of one sample
+  suffices) under ``torch.no_grad`` in eval mode (modes restored) with forward pre-hooks on
+  every convolution, which also stores it on each as ``input_hw``
+  (:func:`record_input_sizes`). Without ``sample`` the size stored earlier is used: a
+  low-rank conv stores its last input's size at every forward pass, an ``nn.Conv2d`` only
+  by :func:`record_input_sizes`. A convolution whose size is unknown adds no FLOPs and is
+  listed in ``Accounting.uncounted`` (both in the figure and in the dense one).
 - **hidden weights**: weights without biases of every Linear-like layer except the last
   one in module order (the output layer); for a low-rank layer ``num_params()`` minus its
   bias. This is the headline "hidden-layer weights kept" figure.
@@ -33,9 +49,10 @@ from typing import Any
 import torch
 from torch import nn
 
-from .layer import is_lowrank
+from .attention import LowRankMultiheadAttention
+from .layer import ConvLayer, is_conv_layer, is_lowrank
 
-__all__ = ["Quantity", "Accounting", "count", "hidden_weights", "linear_like"]
+__all__ = ["Quantity", "Accounting", "count", "hidden_weights", "linear_like", "record_input_sizes"]
 
 
 class Quantity(dict):
@@ -66,6 +83,8 @@ class Accounting:
     hidden: Quantity
     dense_params: int
     dense_flops: int
+    uncounted: tuple[str, ...] = ()
+    """Convolutions whose input size is unknown: their FLOPs are in neither figure."""
 
     def to_dict(self) -> dict[str, Any]:
         """Plain nested dict (JSON-ready): ``{"inference": {"count", "bytes", "ratio"}, ...}``."""
@@ -87,9 +106,53 @@ def _units(model: nn.Module) -> Iterator[tuple[str, nn.Module]]:
         yield name, mod
 
 
+@dataclass(frozen=True)
+class _Layer:
+    """One Linear-like layer: its inference and dense weights (no bias), bias, per-position FLOPs."""
+
+    name: str
+    module: nn.Module          # for a packed in-projection: its nn.MultiheadAttention
+    weights: int
+    dense_weights: int
+    bias: int                  # bias elements (0 if none)
+    flops: int                 # multiply-adds per sample row / output position
+    dense_flops: int
+    conv: bool
+
+
+def _join(prefix: str, child: str) -> str:
+    return f"{prefix}.{child}" if prefix else child
+
+
+def _layers(model: nn.Module) -> list[_Layer]:
+    out: list[_Layer] = []
+    for name, mod in _units(model):
+        if is_lowrank(mod):
+            b = mod.out_features if mod.bias_tensor is not None else 0
+            dense = mod.in_features * mod.out_features
+            per = mod.position_flops() if is_conv_layer(mod) else mod.flops_per_sample()
+            out.append(_Layer(name, mod, mod.num_params() - b, dense, b, per, dense + b, is_conv_layer(mod)))
+        elif isinstance(mod, nn.MultiheadAttention):
+            e = mod.embed_dim
+            b = e if mod.in_proj_bias is not None else 0
+            for p, m in (("q", e), ("k", mod.kdim), ("v", mod.vdim)):
+                out.append(_Layer(_join(name, f"{p}_proj"), mod, m * e, m * e, b, m * e + b, m * e + b, False))
+        elif isinstance(mod, nn.Linear):
+            b = mod.out_features if mod.bias is not None else 0
+            w = mod.in_features * mod.out_features
+            out.append(_Layer(name, mod, w, w, b, w + b, w + b, False))
+        elif isinstance(mod, nn.Conv2d):
+            b = mod.out_channels if mod.bias is not None else 0
+            w = mod.weight.numel()
+            out.append(_Layer(name, mod, w, w, b, w + b, w + b, True))
+    return out
+
+
 def linear_like(model: nn.Module) -> list[tuple[str, nn.Module]]:
-    """Low-rank layers and ``nn.Linear`` modules not inside one, in module order."""
-    return [(n, m) for n, m in _units(model) if is_lowrank(m) or isinstance(m, nn.Linear)]
+    """Linear-like layers in module order (see the module docstring): low-rank layers and
+    ``nn.Linear`` / ``nn.Conv2d`` modules not inside one, and the in-projections of an
+    ``nn.MultiheadAttention`` (as ``(name.q_proj, the attention module)`` ...)."""
+    return [(layer.name, layer.module) for layer in _layers(model)]
 
 
 def _dtype_size(mod: nn.Module) -> int:
@@ -97,33 +160,75 @@ def _dtype_size(mod: nn.Module) -> int:
     return p.element_size() if p is not None else torch.tensor([], dtype=torch.get_default_dtype()).element_size()
 
 
-def _bias(mod: nn.Module) -> bool:
-    return (mod.bias_tensor if is_lowrank(mod) else mod.bias) is not None
+def _convs(model: nn.Module) -> list[tuple[str, nn.Module]]:
+    return [(n, m) for n, m in model.named_modules() if isinstance(m, (nn.Conv2d, ConvLayer))]
 
 
-def _weights(mod: nn.Module) -> int:
-    """Inference weights of a Linear-like layer without its bias."""
-    if is_lowrank(mod):
-        return mod.num_params() - (mod.out_features if _bias(mod) else 0)
-    return mod.in_features * mod.out_features
+@torch.no_grad()
+def record_input_sizes(model: nn.Module, sample: torch.Tensor) -> dict[str, tuple[int, int]]:
+    """Run ``model(sample)`` once (``torch.no_grad``, eval mode, modes restored afterwards) and
+    return ``{name: (H, W)}``, the spatial size of the input of every convolution (``nn.Conv2d``
+    or low-rank conv); also stores it on each as ``input_hw``. One sample suffices."""
+    sizes: dict[str, tuple[int, int]] = {}
+    hooks = []
+    for name, mod in _convs(model):
+        def pre(m: nn.Module, args: tuple, name: str = name) -> None:
+            x = args[0]
+            sizes.setdefault(name, (int(x.shape[-2]), int(x.shape[-1])))
+        hooks.append(mod.register_forward_pre_hook(pre))
+    modes = [(m, m.training) for m in model.modules()]
+    try:
+        model.eval()
+        model(sample)
+    finally:
+        for h in hooks:
+            h.remove()
+        for m, t in modes:
+            m.training = t
+    for name, mod in _convs(model):
+        if name in sizes:
+            mod.input_hw = sizes[name]
+    return sizes
 
 
-def _dense_layer_params(mod: nn.Module) -> int:
-    return mod.in_features * mod.out_features + (mod.out_features if _bias(mod) else 0)
+def _positions(layer: _Layer, sizes: dict[str, tuple[int, int]]) -> int | None:
+    """``H_out W_out`` of a convolution (None if its input size is unknown); 1 for other layers."""
+    if not layer.conv:
+        return 1
+    mod = layer.module
+    hw = sizes.get(layer.name) or getattr(mod, "input_hw", None)
+    if hw is None:
+        return None
+    from .layer import conv_output_hw
+    ho, wo = conv_output_hw(hw, tuple(mod.kernel_size), tuple(mod.stride), mod.padding, tuple(mod.dilation))
+    return ho * wo
 
 
-def _dense_totals(model: nn.Module) -> tuple[int, int, int]:
-    """(parameters, FLOPs per sample, hidden weights) of ``model``'s dense equivalent."""
+def _flops(model: nn.Module, sizes: dict[str, tuple[int, int]],
+           fallback: dict[str, tuple[int, int]] | None = None) -> tuple[int, int, list[str]]:
+    """(FLOPs per sample, the dense equivalent's, convolutions of unknown size)."""
+    flops = dense = 0
+    unknown: list[str] = []
+    for layer in _layers(model):
+        p = _positions(layer, {**(fallback or {}), **sizes})
+        if p is None:
+            unknown.append(layer.name)
+            continue
+        flops += layer.flops * p
+        dense += layer.dense_flops * p
+    return flops, dense, unknown
+
+
+def _dense_totals(model: nn.Module) -> tuple[int, int]:
+    """(parameters, hidden weights) of ``model``'s dense equivalent."""
     params = 0
     for _, mod in _units(model):
         if is_lowrank(mod):
-            params += _dense_layer_params(mod)
+            params += mod.in_features * mod.out_features + (mod.out_features if mod.bias_tensor is not None else 0)
         else:
             params += sum(p.numel() for p in mod.parameters(recurse=False))
-    layers = linear_like(model)
-    flops = sum(_dense_layer_params(m) for _, m in layers)
-    hidden = sum(m.in_features * m.out_features for _, m in layers[:-1])
-    return params, flops, hidden
+    hidden = sum(layer.dense_weights for layer in _layers(model)[:-1])
+    return params, hidden
 
 
 def _ratio(a: int, b: int) -> float:
@@ -132,17 +237,23 @@ def _ratio(a: int, b: int) -> float:
 
 def hidden_weights(model: nn.Module, dense_reference: nn.Module | None = None) -> Quantity:
     """Weights (no biases) of every Linear-like layer but the last, with the ratio to dense."""
-    layers = linear_like(model)[:-1]
-    n = sum(_weights(m) for _, m in layers)
-    nbytes = sum(_weights(m) * _dtype_size(m) for _, m in layers)
-    dense = _dense_totals(dense_reference if dense_reference is not None else model)[2]
+    layers = _layers(model)[:-1]
+    n = sum(layer.weights for layer in layers)
+    nbytes = sum(layer.weights * _dtype_size(layer.module) for layer in layers)
+    dense = _dense_totals(dense_reference if dense_reference is not None else model)[1]
     return Quantity(n, nbytes, _ratio(n, dense))
 
 
 def count(model: nn.Module, optimizer: torch.optim.Optimizer | None = None,
-          dense_reference: nn.Module | None = None) -> Accounting:
-    """Inference weights, trainable parameters, optimizer state, FLOPs and hidden weights of ``model``."""
-    dense_params, dense_flops, _ = _dense_totals(dense_reference if dense_reference is not None else model)
+          dense_reference: nn.Module | None = None, *, sample: torch.Tensor | None = None) -> Accounting:
+    """Inference weights, trainable parameters, optimizer state, FLOPs and hidden weights of ``model``.
+
+    ``sample``: an input batch (one sample suffices) run once to measure the convolutions'
+    spatial sizes (see the module docstring); not needed for models without convolutions.
+    """
+    sizes = record_input_sizes(model, sample) if sample is not None else {}
+    ref = dense_reference if dense_reference is not None else model
+    dense_params, _ = _dense_totals(ref)
     inf_n = inf_b = tr_n = tr_b = 0
     for _, mod in _units(model):
         if is_lowrank(mod):
@@ -161,7 +272,12 @@ def count(model: nn.Module, optimizer: torch.optim.Optimizer | None = None,
         tensors = [v for st in optimizer.state.values() for v in st.values() if torch.is_tensor(v)]
         on = sum(v.numel() for v in tensors)
         opt = Quantity(on, sum(v.numel() * v.element_size() for v in tensors), _ratio(on, dense_params))
-    flops = sum(m.flops_per_sample() if is_lowrank(m) else _dense_layer_params(m) for _, m in linear_like(model))
+    flops, dense_flops, unknown = _flops(model, sizes)
+    if dense_reference is not None:
+        ref_sizes = record_input_sizes(dense_reference, sample) if sample is not None else {}
+        known = {n: getattr(m, "input_hw") for n, m in _convs(model) if getattr(m, "input_hw", None) is not None}
+        _, dense_flops, ref_unknown = _flops(dense_reference, ref_sizes, fallback={**known, **sizes})
+        unknown = list(dict.fromkeys(unknown + ref_unknown))
     return Accounting(
         inference=Quantity(inf_n, inf_b, _ratio(inf_n, dense_params)),
         trainable=Quantity(tr_n, tr_b, _ratio(tr_n, dense_params)),
@@ -171,4 +287,5 @@ def count(model: nn.Module, optimizer: torch.optim.Optimizer | None = None,
         hidden=hidden_weights(model, dense_reference),
         dense_params=dense_params,
         dense_flops=dense_flops,
+        uncounted=tuple(unknown),
     )

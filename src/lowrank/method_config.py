@@ -41,7 +41,8 @@ class FactorizedConfig(MethodConfig, RankChoice):
     """Options shared by methods that replace ``nn.Linear`` layers: the rank rule and the selection."""
 
     target: str | None = None
-    """Regex (full match) of the layers to convert; default: every Linear but the output layer."""
+    """Regex (full match) of the layers to convert (Linear, Conv2d, attention projections such as
+    layers.0.self_attn.q_proj); default: all of them but the last Linear (the output layer)."""
 
     def __post_init__(self) -> None:
         super().__post_init__()

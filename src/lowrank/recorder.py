@@ -146,7 +146,8 @@ def summarize(model: nn.Module, stepper: Any, data: Splits, loss: str,
 
     classification = data.num_classes > 0
     test = evaluate(model, data.test, loss, return_predictions=classification)
-    acct = count(model, optimizer=getattr(stepper, "optimizer", None))
+    device = next(model.parameters()).device
+    acct = count(model, optimizer=getattr(stepper, "optimizer", None), sample=data.test.x[:1].to(device))
     summary: dict[str, Any] = {
         "test_loss": test["loss"], "test_acc": test["acc"],
         **{f"test_{k}": test[k] for k in ("mae", "rmse", "r2") if k in test},

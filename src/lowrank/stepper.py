@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import nn
 
-from .layer import is_lowrank
+from .layer import regularization
 from .losses import LossFn
 from .optimizers import make_optimizer
 
@@ -57,10 +57,8 @@ def penalty(model: nn.Module, cfg: "OptimConfig") -> torch.Tensor | float:
                     total = total + cfg.l1 * p.abs().sum()
                 if cfg.l2:
                     total = total + cfg.l2 * p.pow(2).sum()
-    for m in model.modules():
-        if is_lowrank(m):
-            total = total + m.regularization()
-    return total
+    reg = regularization(model)
+    return total + reg if torch.is_tensor(reg) else total
 
 
 class Stepper:

@@ -1,6 +1,10 @@
 """Dynamical low-rank training (DLRT): ``W = U S V^T`` with orthonormal ``U``, ``V`` moved by an
 integrator (KLS, fixed-rank or rank-adaptive, or the parallel integrator), never by gradient descent.
 
+:class:`DLRT` is the integrator as a ``torch.optim.Optimizer`` for a user's own loop
+(``opt = DLRT(model, torch.optim.Adam, lr=1e-3); ...; loss.backward(); opt.step()``);
+the CLI trainer's :class:`DLRTStepper` drives the same object.
+
 ``prepare`` turns the targeted ``nn.Linear`` layers (default: all but the output layer)
 into :class:`DLRTLinear` by truncated SVD; with ``base_checkpoint`` the dense weights are
 loaded first ("train from pruned": factorize a trained model and retrain it with DLRT).
@@ -19,10 +23,13 @@ from ...errors import CheckpointError
 from ...layer import is_lowrank
 from ...registry import Method, register_method
 from .config import DEFAULT_RANK, DLRTConfig
+from .conv_layer import DLRTConv2d
 from .integrators import INTEGRATORS, DLRTStepper, make_dlrt_stepper
-from .layer import DLRTLinear
+from .layer import DLRTLayer, DLRTLinear
+from .optimizer import DLRT
 
-__all__ = ["DLRTConfig", "DLRTLinear", "DLRTStepper", "INTEGRATORS", "DEFAULT_RANK", "prepare", "make_stepper"]
+__all__ = ["DLRT", "DLRTConfig", "DLRTLayer", "DLRTLinear", "DLRTConv2d", "DLRTStepper", "INTEGRATORS", "DEFAULT_RANK",
+           "prepare", "make_stepper"]
 
 
 def prepare(model: nn.Module, cfg: DLRTConfig) -> nn.Module:
@@ -49,5 +56,5 @@ def _label(cfg: dict[str, Any]) -> str:
 
 register_method(Method(
     name="dlrt", config=DLRTConfig, summary="dynamical low-rank training: KLS or parallel integrator, fixed or adaptive rank",
-    prepare=prepare, make_stepper=make_stepper, layers=(DLRTLinear,), label=_label,
+    prepare=prepare, make_stepper=make_stepper, layers=(DLRTLinear, DLRTConv2d), label=_label,
 ))

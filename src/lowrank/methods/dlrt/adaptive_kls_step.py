@@ -1,4 +1,4 @@
-"""The rank-adaptive KLS integrator's training step (one forward/backward pass per step)::
+"""The rank-adaptive KLS integrator's step (one forward/backward pass per step)::
 
     pass 1 at W0 -> G_K, G_L;  K, L step;  U1 = [U0 | U~], V1 = [V0 | V~];  S~ = [[S0, 0], [0, 0]]
     (pass 2 at U1 S~ V1^T = W0 -> dS: formed from pass 1's gradients);  S and rest step;  truncate
@@ -10,34 +10,33 @@ Truncation ``"power"`` reduces the augmented core by one block power step
 (:func:`~.power.core_power_step`), falling back to its exact SVD when the tolerance asks for a
 higher rank; ``"svd"`` always takes the exact SVD.
 
-After the ``then_fixed`` switch (``adaptive`` False) the steps are those of fixed-rank KLS
-(:class:`~.kls_step.KLSStepper`, this class's base).
+With ``adaptive`` False (e.g. after an adaptive-then-fixed switch) the KLS optimizer takes
+fixed-rank steps (:class:`~.kls_step.KLSDLRT`, which mixes this class in).
 """
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import torch
 
-from ...losses import LossFn
 from .kls import kls_augmented_basis, kls_coefficients
-from .kls_step import KLSStepper
-from .layer import DLRTLinear
+from .layer import DLRTLayer
 from .optim_state import fill_augmented_state
 from .power import core_power_step, needs_exact
 from .truncation import truncate
 
-__all__ = ["AdaptiveKLSStepper"]
+if TYPE_CHECKING:
+    from .kls_step import KLSDLRT
+
+__all__ = ["AdaptiveKLSSteps"]
 
 
-class AdaptiveKLSStepper(KLSStepper):
-    """Rank-adaptive KLS in one pass per step (see the module docstring); arguments as for
-    :class:`~.base_step.DLRTStepper`. With ``adaptive`` False (``then_fixed``) it takes
-    fixed-rank KLS steps."""
+class AdaptiveKLSSteps:
+    """The rank-adaptive step of :class:`~.kls_step.KLSDLRT` (see the module docstring)."""
 
-    supports_adaptive = True
-
-    def _step(self, x: torch.Tensor, y: torch.Tensor, loss_fn: LossFn) -> torch.Tensor:
-        """Rank-adaptive KLS in one forward/backward pass.
+    def _adaptive_step(self: "KLSDLRT") -> None:
+        """Rank-adaptive KLS from one forward/backward pass (the captured one).
 
         The S-step is taken at ``U1 S~ V1^T`` with ``U1 = [U0 | U~] ⊇ range(U0)`` and
         ``V1 = [V0 | V~]``, so ``U1 S~ V1^T = U1 U1^T W0 V1 V1^T = W0``, and nothing else
@@ -50,15 +49,13 @@ class AdaptiveKLSStepper(KLSStepper):
         (zero) blocks of ``S~``, so their gradient is the captured one embedded.
         (With dropout or batch-norm statistics a real second pass would differ; the
         models here have neither.)
+
+        ``G_K``, ``G_L`` here are the captured task gradients (``K.grad``, ``L.grad`` as the
+        backward left them, before any penalty is lifted onto them).
         """
-        if not self.adaptive:                              # after the then_fixed switch
-            return super()._step(x, y, loss_fn)
-        loss = self._captured_pass(x, y, loss_fn, keep_io=True)
         rest_grads = [p.grad for p in self.rest]
-        saved = [(l.grad_K, l.grad_L, l.S.grad if l.S.grad is not None else l.grad_S_task, l.captured_io)
-                 for l in self.layers]
-        for layer in self.layers:
-            layer.captured_io = []
+        saved = [(k.grad, lp.grad, l.S.grad if l.S.grad is not None else l.grad_S_task)
+                 for k, lp, l in zip(self.K, self.L, self.layers)]
         active = self._kl_step()                           # K- and L-steps
         old = []
         for i, layer in enumerate(self.layers):
@@ -66,7 +63,7 @@ class AdaptiveKLSStepper(KLSStepper):
             old.append(U0.shape[1])
             if not active[i]:
                 continue
-            gk, gl, ds0, io = saved[i]
+            gk, gl, ds0 = saved[i]
             K0, L0 = self._KL0[i]
             U1, MU = kls_augmented_basis(U0, self.K[i].data, K0)   # [U0 | U~] (n, r0 + kU), [I; 0]
             V1, MV = kls_augmented_basis(V0, self.L[i].data, L0)   # [V0 | V~] (m, r0 + kV), [I; 0]
@@ -78,9 +75,9 @@ class AdaptiveKLSStepper(KLSStepper):
             dS[r0:, :r0] = Ut.T @ gk                           # U~^T G V0
             dS[:r0, r0:] = (Vt.T @ gl).T                       # U0^T G V~
             if Ut.shape[1] and Vt.shape[1]:
-                dS[r0:, r0:] = sum((dy @ Ut).T @ (xx @ Vt) for xx, dy in io)  # U~^T G V~
+                dS[r0:, r0:] = layer.captured_projection(Ut, Vt)  # U~^T G V~ from the captured X, dY
             self._project(i, MU, MV.T, None, None)
-            fill_augmented_state(self.optimizer, layer.S, self.K[i], self.L[i], Ut, Vt, r0)
+            fill_augmented_state(self.inner, layer.S, self.K[i], self.L[i], Ut, Vt, r0)
             layer.set_factors(U1, St, V1)
             layer.S.grad = dS
         for p, g in zip(self.rest, rest_grads):
@@ -97,11 +94,8 @@ class AdaptiveKLSStepper(KLSStepper):
             U1, V1 = layer.U.data, layer.V.data
             self._set_truncated(i, U1[:, :r0], U1[:, r0:], P, sigma, V1[:, :r0], V1[:, r0:], Q)
         self.clock.lap("linalg")
-        for layer in self.layers:
-            layer.keep_io = False
-        return loss
 
-    def _truncate_core(self, S: torch.Tensor, r0: int, layer: DLRTLinear
+    def _truncate_core(self: "KLSDLRT", S: torch.Tensor, r0: int, layer: DLRTLayer
                        ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """``P (a, r1)``, ``sigma (r1,)``, ``Q (b, r1)`` of a rank-adaptive KLS core ``S (a, b)`` whose
         first ``r0`` rows and columns are the old bases' coordinates."""

@@ -1,29 +1,30 @@
-"""The fixed-rank KLS (basis update & Galerkin) integrator's training step (two passes per step)::
+"""The KLS (basis update & Galerkin) integrator; its fixed-rank step (two passes per step)::
 
     pass 1 at W0 -> G_K, G_L;  K, L step;  U1 = qr(K1), V1 = qr(L1);  S~ = (U1^T U0) S0 (V1^T V0)^T
     pass 2 at U1 S~ V1^T -> dS;  S and rest step
 
-(:mod:`.kls`). The optimizer state of ``S``, ``K``, ``L`` is projected onto the new bases
-``U1``, ``V1`` every step.
+(:mod:`.kls`). Pass 1 is the caller's backward pass (or the closure's first call); pass 2
+is ``step(closure)``'s call of the closure, which runs without capture. The optimizer
+state of ``S``, ``K``, ``L`` is projected onto the new bases ``U1``, ``V1`` every step.
+The rank-adaptive step (one pass) is :class:`~.adaptive_kls_step.AdaptiveKLSSteps`'.
 """
 
 from __future__ import annotations
 
-import torch
-
-from ...losses import LossFn
-from .base_step import DLRTStepper
+from .adaptive_kls_step import AdaptiveKLSSteps
 from .kls import kls_coefficients, kls_fixed_basis
+from .optimizer import DLRT, Closure
 
-__all__ = ["KLSStepper"]
+__all__ = ["KLSDLRT"]
 
 
-class KLSStepper(DLRTStepper):
-    """Fixed-rank KLS (see the module docstring); arguments as for :class:`~.base_step.DLRTStepper`
-    (``adaptive`` must be False: the rank-adaptive variant is :class:`~.adaptive_kls_step.AdaptiveKLSStepper`)."""
+class KLSDLRT(AdaptiveKLSSteps, DLRT, integrator="kls"):
+    """The KLS integrator, fixed-rank (see the module docstring) or rank-adaptive
+    (:class:`~.adaptive_kls_step.AdaptiveKLSSteps`); build it as ``DLRT(model, ...,
+    integrator="kls")``, arguments as for :class:`~.optimizer.DLRT`.
 
-    integrator = "kls"
-    supports_adaptive = False
+    At fixed rank ``step`` needs a closure for the second pass: ``opt.step(closure)``.
+    """
 
     def _augments(self) -> bool:
         # Only the rank-adaptive variant holds the augmented bases [U0 | U~], [V0 | V~].
@@ -33,6 +34,14 @@ class KLSStepper(DLRTStepper):
     def _keep_KL0(self) -> bool:
         # The augmented bases of the rank-adaptive variant are formed from the starting values.
         return self.adaptive
+
+    @property
+    def _keep_io(self) -> bool:
+        # The rank-adaptive step forms its S-step gradient from pass 1's inputs and output gradients.
+        return self.adaptive
+
+    def _needs_closure(self) -> bool:
+        return not self.adaptive
 
     def _kl_step(self) -> list[bool]:
         """Pass 1's optimizer call: the K- and L-steps from the captured gradients, every other
@@ -52,8 +61,11 @@ class KLSStepper(DLRTStepper):
         """Pass 2's optimizer call: the S-step, and the step of everything else."""
         self._optimizer_step([l.S for l in self.layers] + self.rest)
 
-    def _step(self, x: torch.Tensor, y: torch.Tensor, loss_fn: LossFn) -> torch.Tensor:
-        loss = self._captured_pass(x, y, loss_fn)
+    def _integrate(self, closure: Closure | None) -> None:
+        if self.adaptive:
+            self._adaptive_step()
+            return
+        assert closure is not None                  # checked by step()
         active = self._kl_step()
         for i, layer in enumerate(self.layers):
             if not active[i]:
@@ -68,7 +80,5 @@ class KLSStepper(DLRTStepper):
             self._set_factors(i, U1, kls_coefficients(MU, S0, MV), V1)
         self.clock.lap("linalg")
         # Pass 2 at U1 S~ V1^T: the S-step, and the step of everything else.
-        self._forward_backward(x, y, loss_fn, capture=False)
-        self.clock.lap("fwd_bwd")
+        self._second_pass(closure)
         self._s_step()
-        return loss

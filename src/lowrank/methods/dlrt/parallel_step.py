@@ -1,4 +1,4 @@
-"""The parallel integrator's training step (one forward/backward pass per step), fixed or rank-adaptive::
+"""The parallel integrator (one forward/backward pass per step), fixed or rank-adaptive::
 
     pass at W0 -> G_K, G_L, dS;  K, L, S, rest take one optimizer step together
     U^ = [U0 | U~], V^ = [V0 | V~], S^ = [[S1, L1^T V~], [U~^T K1, 0]] -> truncate
@@ -19,27 +19,23 @@ measurable). Truncation ``"svd"``: the exact SVD of the ``2r x 2r`` augmented co
 
 from __future__ import annotations
 
-from typing import Any
-
 import torch
-from torch import nn
 
-from ...config import OptimConfig
-from ...errors import ConfigError
-from ...losses import LossFn
-from .base_step import DLRTStepper
+from .optimizer import DLRT, Closure
 from .parallel import parallel_augment
 from .power import needs_exact, parallel_power_step
 from .truncation import select_rank, truncate
 
-__all__ = ["ParallelStepper"]
+__all__ = ["ParallelDLRT"]
 
 
-class ParallelStepper(DLRTStepper):
-    """The parallel integrator, fixed or rank-adaptive (see the module docstring).
+class ParallelDLRT(DLRT, integrator="parallel"):
+    """The parallel integrator, fixed or rank-adaptive (see the module docstring); build it as
+    ``DLRT(model, ..., integrator="parallel")``, arguments as for :class:`~.optimizer.DLRT`.
 
-    Args:
-        model, cfg, total_steps, **options: as for :class:`~.base_step.DLRTStepper`.
+    ``step()`` needs one backward pass (a closure is called only if none was made).
+
+    Option:
         diagonalize_every: a step with the power truncation takes the SVD of its ``r x r``
             core only every this many steps (1: every step), or when a rank-adaptive rule
             changes the rank. The other steps keep the triangular core the power step leaves,
@@ -48,15 +44,6 @@ class ParallelStepper(DLRTStepper):
             (784-256-128-10, rank 20, 5 epochs) never diagonalizing reached 86.95% test
             accuracy, every 10 or 50 steps 87.36% / 87.48%, every step 87.47%.
     """
-
-    integrator = "parallel"
-
-    def __init__(self, model: nn.Module, cfg: OptimConfig, total_steps: int = 0, *,
-                 diagonalize_every: int = 10, **options: Any):
-        if diagonalize_every < 1:
-            raise ConfigError(f"diagonalize_every must be >= 1, got {diagonalize_every}")
-        super().__init__(model, cfg, total_steps, **options)
-        self.diagonalize_every = int(diagonalize_every)
 
     def _augments(self) -> bool:
         # Only the exact truncation forms the augmented bases (the power step never does, apart
@@ -73,8 +60,7 @@ class ParallelStepper(DLRTStepper):
         # The power step takes fresh QRs every step: no rounding walk to bound.
         return self.truncation == "power"
 
-    def _step(self, x: torch.Tensor, y: torch.Tensor, loss_fn: LossFn) -> torch.Tensor:
-        loss = self._captured_pass(x, y, loss_fn)
+    def _integrate(self, closure: Closure | None) -> None:
         active = self._set_all_kl_grads()
         old = [(l.U.data, l.V.data) for l in self.layers]
         self._optimizer_step(self._all_params)
@@ -94,7 +80,6 @@ class ParallelStepper(DLRTStepper):
             self._project(i, Pr.T, Qr, Qr, Pr)
             self._set_truncated(i, U0, Ut, P, sigma, V0, Vt, Q)
         self.clock.lap("linalg")
-        return loss
 
     def _power_step(self, i: int, U0: torch.Tensor, V0: torch.Tensor) -> bool:
         """Layer ``i``'s parallel step truncated by :func:`parallel_power_step`; False (nothing

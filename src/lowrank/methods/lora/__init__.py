@@ -10,8 +10,9 @@ from ...registry import Method, register_method
 from ...stepper import Stepper
 from .config import DEFAULT_RANK, LoRAConfig
 from .layer import LoRALinear
+from .conv_layer import LoRAConv2d
 
-__all__ = ["LoRAConfig", "LoRALinear", "DEFAULT_RANK", "prepare", "freeze_base"]
+__all__ = ["LoRAConfig", "LoRALinear", "DEFAULT_RANK", "prepare", "freeze_base", "LoRAConv2d"]
 
 
 def freeze_base(model: nn.Module) -> nn.Module:
@@ -35,5 +36,5 @@ register_method(Method(
     name="lora", config=LoRAConfig, summary="frozen base + trainable rank-r adapters (fine-tuning)",
     prepare=prepare,
     make_stepper=lambda model, cfg, total_steps: Stepper(model, cfg.optim, total_steps),
-    layers=(LoRALinear,),
+    layers=(LoRALinear, LoRAConv2d),
 ))

@@ -46,6 +46,11 @@ class LoRALinear(LowRankLayer):
         elif (base.in_features, base.out_features, base.bias is not None) != (in_features, out_features, bias):
             raise ValueError(f"base {base} does not match in_features={in_features}, "
                              f"out_features={out_features}, bias={bias}")
+        self._init_adapter(base, in_features, out_features, rank, lora_alpha)
+
+    def _init_adapter(self, base: nn.Module, in_features: int, out_features: int, rank: int,
+                      lora_alpha: float) -> None:
+        """Freeze ``base``; ``A (r, m)`` kaiming-uniform, ``B (n, r)`` zero; the merged flag."""
         w = base.weight
         self.in_features, self.out_features = in_features, out_features
         self.lora_alpha = float(lora_alpha)
@@ -81,6 +86,11 @@ class LoRALinear(LowRankLayer):
     def bias_tensor(self) -> torch.Tensor | None:
         return self.base.bias
 
+    @property
+    def bias(self) -> torch.Tensor | None:
+        """The frozen base's bias (drop-in for ``nn.Linear.bias``)."""
+        return self.base.bias
+
     def delta_weight(self) -> torch.Tensor:
         """``(lora_alpha / r) B A``, shape ``(n, m)``."""
         return self.scaling * (self.B @ self.A)
@@ -95,18 +105,18 @@ class LoRALinear(LowRankLayer):
     def merge(self) -> None:
         """``W0 += (lora_alpha / r) B A`` (no-op when already merged)."""
         if not self.merged:
-            self.base.weight += self.delta_weight()
+            self.base.weight += self.delta_weight().view_as(self.base.weight)
             self.lora_merged.fill_(True)
 
     @torch.no_grad()
     def unmerge(self) -> None:
         """``W0 -= (lora_alpha / r) B A``, the inverse of :meth:`merge` (no-op when not merged)."""
         if self.merged:
-            self.base.weight -= self.delta_weight()
+            self.base.weight -= self.delta_weight().view_as(self.base.weight)
             self.lora_merged.fill_(False)
 
     def dense_weight(self) -> torch.Tensor:
-        w = self.base.weight
+        w = self.base.weight.reshape(self.out_features, self.in_features)
         return w if self.merged else w + self.delta_weight()
 
     @classmethod

@@ -55,13 +55,17 @@ class SVDLinear(LowRankLayer):
         w = linear.weight.detach()
         layer = cls(linear.in_features, linear.out_features, rank, linear.bias is not None,
                     lambda_orth=lambda_orth, lambda_sparse=lambda_sparse, device=w.device, dtype=w.dtype)
-        u, s, v = truncated_svd(w, rank)
-        with torch.no_grad():
-            layer.U.copy_(u)
-            layer.s.copy_(s)
-            layer.V.copy_(v)
+        layer.factorize_(w)
         layer.copy_bias_from(linear)
         return layer
+
+    @torch.no_grad()
+    def factorize_(self, w: torch.Tensor) -> None:
+        """Set ``U, s, V`` to the rank-``r`` truncated SVD of the ``(n, m)`` matrix ``w``."""
+        u, s, v = truncated_svd(w, self.rank)
+        self.U.copy_(u)
+        self.s.copy_(s)
+        self.V.copy_(v)
 
     @property
     def rank(self) -> int:

@@ -18,7 +18,16 @@ from ...linalg import break_even_rank, check_rank, orthonormal, truncated_svd
 from ...layer import LowRankLayer
 from ..vanilla.layer import default_singular_value, init_bias_
 
-__all__ = ["TwoFactorLinear"]
+__all__ = ["TwoFactorLinear", "warn_past_break_even"]
+
+
+def warn_past_break_even(name: str, rank: int, n: int, m: int) -> None:
+    """A ``UserWarning`` when ``rank >= m n / (m + n)``: two factors hold at least as many
+    weights as the ``(n, m)`` matrix, and the layer is no faster than dense."""
+    if rank >= break_even_rank(n, m):
+        warnings.warn(f"{name} rank {rank} >= break-even m n / (m + n) = "
+                      f"{break_even_rank(n, m):.1f} for a {n}x{m} weight: no weights or time saved",
+                      stacklevel=3)
 
 
 class TwoFactorLinear(LowRankLayer):
@@ -51,19 +60,20 @@ class TwoFactorLinear(LowRankLayer):
         as many weights as ``W`` and the layer is no faster than dense.
         """
         n, m = linear.out_features, linear.in_features
-        if rank >= break_even_rank(n, m):
-            warnings.warn(f"TwoFactorLinear rank {rank} >= break-even m n / (m + n) = "
-                          f"{break_even_rank(n, m):.1f} for a {n}x{m} weight: no weights or time saved",
-                          stacklevel=2)
+        warn_past_break_even(cls.__name__, rank, n, m)
         w = linear.weight.detach()
         layer = cls(m, n, rank, linear.bias is not None, device=w.device, dtype=w.dtype)
-        u, s, v = truncated_svd(w, rank)
-        root = s.sqrt()  # (l,)
-        with torch.no_grad():
-            layer.W1.copy_(u * root)               # U_l S_l^(1/2): scale columns
-            layer.W2.copy_(root[:, None] * v.T)    # S_l^(1/2) V_l^T: scale rows
+        layer.factorize_(w)
         layer.copy_bias_from(linear)
         return layer
+
+    @torch.no_grad()
+    def factorize_(self, w: torch.Tensor) -> None:
+        """``W1 = U_l S_l^(1/2)``, ``W2 = S_l^(1/2) V_l^T`` from the truncated SVD of the ``(n, m)`` matrix ``w``."""
+        u, s, v = truncated_svd(w, self.rank)
+        root = s.sqrt()  # (l,)
+        self.W1.copy_(u * root)               # U_l S_l^(1/2): scale columns
+        self.W2.copy_(root[:, None] * v.T)    # S_l^(1/2) V_l^T: scale rows
 
     @property
     def rank(self) -> int:

@@ -7,12 +7,13 @@ from ...stepper import Stepper
 from ...convert import convert
 from .config import DEFAULT_RANK, VanillaConfig
 from .layer import VanillaLinear
+from .conv_layer import VanillaConv2d
 
-__all__ = ["VanillaConfig", "VanillaLinear", "DEFAULT_RANK"]
+__all__ = ["VanillaConfig", "VanillaLinear", "DEFAULT_RANK", "VanillaConv2d"]
 
 register_method(Method(
     name="vanilla", config=VanillaConfig, summary="W = U S V^T, every factor trained by the optimizer",
     prepare=lambda model, cfg: convert(model, cfg, inplace=True),
     make_stepper=lambda model, cfg, total_steps: Stepper(model, cfg.optim, total_steps),
-    layers=(VanillaLinear,),
+    layers=(VanillaLinear, VanillaConv2d),
 ))

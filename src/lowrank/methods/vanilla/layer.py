@@ -85,14 +85,18 @@ class VanillaLinear(LowRankLayer):
         w = linear.weight.detach()
         layer = cls(linear.in_features, linear.out_features, rank, linear.bias is not None,
                     init_decay=init_decay, device=w.device, dtype=w.dtype)
-        u, s, v = truncated_svd(w, rank)
-        s = s * decay_factors(rank, init_decay, dtype=s.dtype, device=s.device)
-        with torch.no_grad():
-            layer.U.copy_(u)
-            layer.S.copy_(torch.diag(s))
-            layer.V.copy_(v)
+        layer.factorize_(w)
         layer.copy_bias_from(linear)
         return layer
+
+    @torch.no_grad()
+    def factorize_(self, w: torch.Tensor) -> None:
+        """Set ``U, S, V`` from the truncated SVD of the ``(n, m)`` matrix ``w`` (``S`` scaled by ``init_decay``)."""
+        u, s, v = truncated_svd(w, self.rank)
+        s = s * decay_factors(self.rank, self.init_decay, dtype=s.dtype, device=s.device)
+        self.U.copy_(u)
+        self.S.copy_(torch.diag(s))
+        self.V.copy_(v)
 
     @property
     def rank(self) -> int:
