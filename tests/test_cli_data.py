@@ -16,7 +16,6 @@ import glob
 import gzip
 import importlib.util
 import json
-import math
 import sqlite3
 import subprocess
 from pathlib import Path

@@ -8,7 +8,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from lowrank.config import OptimConfig
-from lowrank.methods.dlrt.integrators import DLRTStepper, make_dlrt_stepper
+from lowrank.methods.dlrt.integrators import make_dlrt_stepper
 from lowrank.methods.dlrt.layer import DLRTLinear
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")

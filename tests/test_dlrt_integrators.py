@@ -11,7 +11,7 @@ from torch.nn import functional as F
 from lowrank.config import OptimConfig
 from lowrank.methods.dlrt.basis import augment_basis
 from lowrank.methods.dlrt.optim_state import transform_state
-from lowrank.methods.dlrt.integrators import DLRTStepper, make_dlrt_stepper
+from lowrank.methods.dlrt.integrators import make_dlrt_stepper
 from lowrank.methods.dlrt.truncation import truncate
 from lowrank.methods.dlrt.layer import DLRTLinear
 from lowrank.linalg import (CHOLESKY_QR_MIN_COLS, CHOLESKY_QR_MIN_ROWS, cholesky_qr2, orthonormality_error,

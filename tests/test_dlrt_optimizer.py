@@ -134,8 +134,7 @@ def test_rank_caps_can_be_set_by_the_optimizer() -> None:
 
 def test_attached_capture_is_the_projected_dense_gradient() -> None:
     torch.manual_seed(0)
-    layer = DLRTLinear(9, 6, 3, dtype=F64)
-    model = nn.Sequential(layer, nn.Tanh(), layer)            # used twice in one forward
+    layer = DLRTLinear(9, 6, 3, dtype=F64)                    # used twice in one forward (see loss_of)
     x, target = torch.randn(8, 9, dtype=F64), torch.randn(8, 6, dtype=F64)
     # 6 -> 9 does not fit a 9 -> 6 layer: feed it through a fixed map back to 9 features.
     back = torch.randn(6, 9, dtype=F64)

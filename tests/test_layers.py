@@ -123,14 +123,12 @@ def test_lowrank_init_orthonormal_and_decay() -> None:
     assert conv.spec()["init_decay"] == 10.0
 
 
-def test_two_factor_split_and_warning() -> None:
+def test_two_factor_split() -> None:
     lin = dense(9, 6)
     u, s, vh = torch.linalg.svd(lin.weight.detach())
     layer = TwoFactorLinear.from_linear(lin, 2)
     torch.testing.assert_close(layer.W1.detach(), u[:, :2] * s[:2].sqrt(), atol=1e-12, rtol=0)
     torch.testing.assert_close(layer.W2.detach(), s[:2].sqrt()[:, None] * vh[:2], atol=1e-12, rtol=0)
-    with pytest.warns(UserWarning, match="break-even"):
-        TwoFactorLinear.from_linear(lin, 4)  # 54 / 15 = 3.6 <= 4
 
 
 def test_svd_regularization_formula() -> None:

@@ -41,3 +41,19 @@ def test_factorize_and_switch_step_match_the_trainer() -> None:
     assert out is model and isinstance(model.fc0, TwoFactorLinear) and model.fc0.rank == 4
     u, s, vh = torch.linalg.svd(w)
     torch.testing.assert_close(model.fc0.W1 @ model.fc0.W2, u[:, :4] @ torch.diag(s[:4]) @ vh[:4], atol=1e-5, rtol=0)
+
+
+def test_a_rank_past_break_even_warns_with_the_break_even_rank() -> None:
+    import warnings
+
+    import pytest
+
+    with pytest.warns(UserWarning, match=r"'fc0' \(8x12\) at rank 6 .* break-even rank 4\.8"):
+        convert(mlp([12, 8, 3]), "vanilla", rank=6)
+    with pytest.warns(UserWarning, match="break-even"):
+        convert(mlp([12, 8, 3]), "dlrt", energy=0.999)     # a random 8x12 needs nearly full rank
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        convert(mlp([12, 8, 3]), "svd")                    # the method's own default (full rank): no warning
+        convert(mlp([12, 8, 3]), "lora", rank=8)           # an adapter adds to the dense layer
+        convert(mlp([12, 8, 3]), "vanilla", rank=2)

@@ -5,7 +5,6 @@ from __future__ import annotations
 import pytest
 import torch
 
-from lowrank.run import apply_method, build_stepper
 from lowrank.checkpoint import read_checkpoint
 from lowrank.registry import method_config
 from lowrank.config import DataConfig, OptimConfig, TrainConfig

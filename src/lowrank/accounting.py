@@ -49,7 +49,6 @@ from typing import Any
 import torch
 from torch import nn
 
-from .attention import LowRankMultiheadAttention
 from .layer import ConvLayer, is_conv_layer, is_lowrank
 
 __all__ = ["Quantity", "Accounting", "count", "hidden_weights", "linear_like", "record_input_sizes"]

@@ -35,6 +35,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import re
+import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -356,6 +357,8 @@ def convert(model: nn.Module, method: str | MethodConfig = "vanilla", *, target:
     cfg = method_options(method, options)
     linear_cls, conv_cls = layer_classes_of(cfg.method)
     sites, _, chosen, ranks = _resolve(model, cfg, target, exclude, rank_overrides)
+    if cfg.rule is not None or rank_overrides:
+        _warn_past_break_even(sites, chosen, ranks, linear_cls, conv_cls)
     if not inplace:
         model = copy.deepcopy(model)
     for attn in dict.fromkeys(sites[n].attention for n in chosen if sites[n].attention is not None):
@@ -373,6 +376,22 @@ def convert(model: nn.Module, method: str | MethodConfig = "vanilla", *, target:
         model = _replace(model, name, new)
     _sync_transformer_encoders(model)
     return model
+
+
+def _warn_past_break_even(sites: Mapping[str, _Site], chosen: Sequence[str], ranks: Mapping[str, int],
+                          linear_cls: type, conv_cls: type | None) -> None:
+    """A ``UserWarning`` for every layer whose given rank keeps more weights than its dense form
+    (ranks at or above ``m n / (m + n)``, e.g. ``energy=0.99`` on a small model), naming its
+    break-even rank."""
+    for name in chosen:
+        site = sites[name]
+        cls = conv_cls if site.kind == "conv" and conv_cls is not None else linear_cls
+        m, n, r = site.in_features, site.out_features, ranks[name]
+        after, dense = cls.count_params(m, n, r, site.bias), _dense_count(m, n, site.bias)
+        if after > dense:
+            warnings.warn(f"layer {name!r} ({n}x{m}) at rank {r} keeps {after} weights, more than its dense "
+                          f"{dense}: below its break-even rank {break_even_rank(n, m):.1f} a factorization saves "
+                          f"weights", stacklevel=3)
 
 
 def _replace(model: nn.Module, name: str, new: nn.Module) -> nn.Module:

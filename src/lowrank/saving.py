@@ -94,8 +94,8 @@ def _folder(path: str | os.PathLike) -> Path:
 
 def _check_model_spec(spec: object, error: type[LowRankError], where: str) -> dict[str, Any]:
     """``spec`` checked and normalized (lists, ints, ``model_args`` default ``{}``); ``error(where: ...)``."""
-    fix = (f'model_spec must be {{"model": "mlp" | "lenet5" | "package.module:factory", '
-           f'"model_args": {{...}}, "sample_shape": [...], "num_outputs": N}}')
+    fix = ('model_spec must be {"model": "mlp" | "lenet5" | "package.module:factory", '
+           '"model_args": {...}, "sample_shape": [...], "num_outputs": N}')
     if not isinstance(spec, Mapping):
         raise error(f"{where}: model_spec is a {type(spec).__name__}, not a dict: {fix}")
     unknown = [k for k in spec if k not in _SPEC_KEYS]

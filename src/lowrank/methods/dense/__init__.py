@@ -5,7 +5,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from torch import nn
 
 from ...method_config import MethodConfig
 from ...registry import Method, register_method

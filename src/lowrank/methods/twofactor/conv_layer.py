@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 from ...layer import ConvLayer
-from .layer import TwoFactorLinear, warn_past_break_even
+from .layer import TwoFactorLinear
 
 __all__ = ["TwoFactorConv2d"]
 
@@ -32,12 +32,10 @@ class TwoFactorConv2d(ConvLayer, TwoFactorLinear):
 
     @classmethod
     def from_conv(cls, conv: nn.Conv2d, rank: int) -> "TwoFactorConv2d":
-        """``W1 = U_l S_l^(1/2)``, ``W2 = S_l^(1/2) V_l^T`` from the truncated SVD of the reshaped kernel;
-        warns (``UserWarning``) when ``l`` is past the break-even rank."""
+        """``W1 = U_l S_l^(1/2)``, ``W2 = S_l^(1/2) V_l^T`` from the truncated SVD of the reshaped kernel."""
         cls.check_convertible(conv)
         w = conv.weight.detach()
         n = conv.out_channels
-        warn_past_break_even(cls.__name__, rank, n, w[0].numel())
         layer = cls(**cls.conv_geometry(conv), rank=rank, bias=conv.bias is not None, device=w.device, dtype=w.dtype)
         layer.factorize_(w.reshape(n, -1))
         layer.copy_bias_from(conv)

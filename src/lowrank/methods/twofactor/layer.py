@@ -8,26 +8,16 @@ The product saves weights and time only when ``l < m n / (m + n)``.
 
 from __future__ import annotations
 
-import warnings
 
 import torch
 from torch import nn
 from torch.nn import functional as F
 
-from ...linalg import break_even_rank, check_rank, orthonormal, truncated_svd
+from ...linalg import check_rank, orthonormal, truncated_svd
 from ...layer import LowRankLayer
 from ..vanilla.layer import default_singular_value, init_bias_
 
-__all__ = ["TwoFactorLinear", "warn_past_break_even"]
-
-
-def warn_past_break_even(name: str, rank: int, n: int, m: int) -> None:
-    """A ``UserWarning`` when ``rank >= m n / (m + n)``: two factors hold at least as many
-    weights as the ``(n, m)`` matrix, and the layer is no faster than dense."""
-    if rank >= break_even_rank(n, m):
-        warnings.warn(f"{name} rank {rank} >= break-even m n / (m + n) = "
-                      f"{break_even_rank(n, m):.1f} for a {n}x{m} weight: no weights or time saved",
-                      stacklevel=3)
+__all__ = ["TwoFactorLinear"]
 
 
 class TwoFactorLinear(LowRankLayer):
@@ -54,15 +44,10 @@ class TwoFactorLinear(LowRankLayer):
 
     @classmethod
     def from_linear(cls, linear: nn.Linear, rank: int) -> "TwoFactorLinear":
-        """``W1 = U_l S_l^(1/2)``, ``W2 = S_l^(1/2) V_l^T`` from the truncated SVD of ``linear.weight``.
-
-        Warns (``UserWarning``) when ``l >= m n / (m + n)``: then the factors hold at least
-        as many weights as ``W`` and the layer is no faster than dense.
-        """
-        n, m = linear.out_features, linear.in_features
-        warn_past_break_even(cls.__name__, rank, n, m)
+        """``W1 = U_l S_l^(1/2)``, ``W2 = S_l^(1/2) V_l^T`` from the truncated SVD of ``linear.weight``
+        (it saves weights only for ``l < m n / (m + n)``; :func:`lowrank.convert` warns past that)."""
         w = linear.weight.detach()
-        layer = cls(m, n, rank, linear.bias is not None, device=w.device, dtype=w.dtype)
+        layer = cls(linear.in_features, linear.out_features, rank, linear.bias is not None, device=w.device, dtype=w.dtype)
         layer.factorize_(w)
         layer.copy_bias_from(linear)
         return layer
