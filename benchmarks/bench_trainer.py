@@ -25,8 +25,6 @@ from __future__ import annotations
 import argparse
 import cProfile
 import io
-import json
-import os
 import pstats
 import statistics
 import sys
@@ -43,6 +41,7 @@ from lowrank.optimizers import make_optimizer
 from lowrank.data import Splits, load_dataset
 from lowrank.store import Store
 from lowrank.run import build_model, train_run
+from report_rows import report_json
 
 TARGET = 1.10
 
@@ -217,7 +216,7 @@ def main() -> int:
                 print(f"  {k:32s} {us:9.1f} us  ({100 * us / bare_us:6.2f}% of the bare step)")
             print("\ncProfile of one trainer epoch (top functions by own time):")
             print(profile_trainer(cfg, data, tmp))
-    _report_json([
+    report_json([
         {"benchmark": "trainer overhead", "metric": "fit epoch / bare loop epoch (median of per-repeat ratios)",
          "value": ratio, "unit": "x", "target": f"<= {TARGET:.2f}", "ok": ok},
         {"benchmark": "trainer overhead", "metric": "fit epoch / bare loop epoch (best / best)",
@@ -228,15 +227,6 @@ def main() -> int:
          "value": min(b for _, _, b in rows), "unit": "s", "target": None, "ok": None},
     ])
     return 0
-
-
-def _report_json(rows: list[dict]) -> None:
-    """Append result rows for ``benchmarks/run_all.py`` (it sets ``LOWRANK_BENCH_JSON``)."""
-    path = os.environ.get("LOWRANK_BENCH_JSON")
-    if path:
-        with open(path, "a") as f:
-            for r in rows:
-                f.write(json.dumps(r) + "\n")
 
 
 if __name__ == "__main__":

@@ -39,7 +39,6 @@ from torch.nn.grad import conv2d_weight
 
 from ...errors import ConfigError
 from ...layer import ConvLayer
-from ...linalg import qr_positive, truncated_svd
 from .layer import DLRTLinear, attached_optimizer
 
 __all__ = ["DLRTConv2d"]
@@ -114,16 +113,7 @@ class DLRTConv2d(ConvLayer, DLRTLinear):
         w = conv.weight.detach()
         layer = cls(**cls.conv_geometry(conv), rank=rank, bias=conv.bias is not None, min_rank=min_rank,
                     max_rank=max_rank, init_decay=init_decay, device=w.device, dtype=w.dtype)
-        w2 = w.reshape(conv.out_channels, -1)
-        u, s, v = truncated_svd(w2 if w2.dtype in (torch.float32, torch.float64) else w2.float(), rank)
-        s = s / torch.tensor(float(init_decay), dtype=s.dtype, device=s.device).pow(
-            torch.arange(rank, dtype=s.dtype, device=s.device))
-        u, S, v = u.to(w.dtype), torch.diag(s).to(w.dtype), v.to(w.dtype)
-        if w.dtype != torch.float64:
-            u, ru = qr_positive(u)
-            v, rv = qr_positive(v)
-            S = ru @ S @ rv.T
-        layer.set_factors(u, S, v)
+        layer.factorize_(w.reshape(conv.out_channels, -1), init_decay)
         layer.copy_bias_from(conv)
         return layer
 

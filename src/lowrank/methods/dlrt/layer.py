@@ -427,6 +427,14 @@ class DLRTLinear(DLRTLayer):
         w = linear.weight.detach()
         layer = cls(linear.in_features, linear.out_features, rank, linear.bias is not None,
                     min_rank=min_rank, max_rank=max_rank, init_decay=init_decay, device=w.device, dtype=w.dtype)
+        layer.factorize_(w, init_decay)
+        layer.copy_bias_from(linear)
+        return layer
+
+    def factorize_(self, w: torch.Tensor, init_decay: float = 1.0) -> None:
+        """Factors from the ``(n, m)`` matrix ``w`` at the current rank ``r``: ``U = U_r``,
+        ``S = diag(s_i / d^i)``, ``V = V_r`` of its truncated SVD."""
+        rank = self.rank
         u, s, v = truncated_svd(w if w.dtype in (torch.float32, torch.float64) else w.float(), rank)
         s = s / torch.tensor(float(init_decay), dtype=s.dtype, device=s.device).pow(
             torch.arange(rank, dtype=s.dtype, device=s.device))
@@ -437,9 +445,7 @@ class DLRTLinear(DLRTLayer):
             u, ru = qr_positive(u)
             v, rv = qr_positive(v)
             S = ru @ S @ rv.T
-        layer.set_factors(u, S, v)
-        layer.copy_bias_from(linear)
-        return layer
+        self.set_factors(u, S, v)
 
     # ------------------------------------------------------------------ interface
 
