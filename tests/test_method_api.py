@@ -57,3 +57,16 @@ def test_a_rank_past_break_even_warns_with_the_break_even_rank() -> None:
         convert(mlp([12, 8, 3]), "svd")                    # the method's own default (full rank): no warning
         convert(mlp([12, 8, 3]), "lora", rank=8)           # an adapter adds to the dense layer
         convert(mlp([12, 8, 3]), "vanilla", rank=2)
+
+
+def test_fit_takes_plain_tensors() -> None:
+    from lowrank import OptimConfig
+    from lowrank.stepper import Stepper
+    from lowrank.train import fit
+
+    torch.manual_seed(0)
+    x = torch.randn(300, 6)
+    y = (x[:, 0] > 0).long()                                   # a separable rule: learnable
+    model = convert(mlp([6, 16, 2]), "vanilla", rank=4)
+    history = fit(model, (x, y), Stepper(model, OptimConfig(lr=1e-2)), epochs=5, batch_size=32)
+    assert len(history) == 5 and history[-1]["test_acc"] > 0.8

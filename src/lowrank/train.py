@@ -26,7 +26,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from .data import ArrayDataset, Splits
+from .data import ArrayDataset, Splits, as_splits
 from .errors import ConfigError, TrainingDivergedError
 from .losses import is_regression, loss_function, resolve_loss
 from .memory import PeakMemory
@@ -146,7 +146,7 @@ class Callback:
         """Last, however the loop ended (finished, interrupted or failed): release files, bars."""
 
 
-def fit(model: nn.Module, data: Splits, stepper: Stepper, *, epochs: int, batch_size: int = 64,
+def fit(model: nn.Module, data: Splits | Any, stepper: Stepper, *, epochs: int, batch_size: int = 64,
         loss: str = "auto", seed: int = 0, noise: float = 0.0, schedule: str = "constant",
         callbacks: list[Callback] | tuple[Callback, ...] = (), state: LoopState | None = None,
         device: str | torch.device | None = None) -> list[dict[str, Any]]:
@@ -154,7 +154,8 @@ def fit(model: nn.Module, data: Splits, stepper: Stepper, *, epochs: int, batch_
 
     Args:
         model: the model ``stepper`` trains (already on ``device``).
-        data: the splits (see :func:`lowrank.data.as_splits` for your own tensors or Dataset).
+        data: the splits, or your own ``(x, y)`` tensors or ``torch.utils.data.Dataset`` (split by
+            :func:`lowrank.data.as_splits` with its defaults: a seeded 20% test split).
         stepper: one training step per call (a method's :class:`~lowrank.stepper.Stepper`).
         epochs, batch_size: the run's length and mini-batch size.
         loss: ``cross_entropy``, ``mse``, ``mae`` or ``auto`` (by the targets).
@@ -167,6 +168,8 @@ def fit(model: nn.Module, data: Splits, stepper: Stepper, *, epochs: int, batch_
     """
     if epochs <= 0 or batch_size <= 0:
         raise ConfigError(f"epochs and batch_size must be positive, got {epochs}, {batch_size}")
+    if not isinstance(data, Splits):
+        data = as_splits(data, seed=seed)
     loss = resolve_loss(loss, data.num_classes)
     loss_fn = loss_function(loss)
     if device is None:
