@@ -244,37 +244,173 @@ def cmd_datasets(ns: argparse.Namespace) -> int:
     return 0
 
 
+#: Statuses ``lowrank runs prune --status`` takes (``abandoned``: a sweep's row that never got a folder).
+PRUNE_STATUSES = ("failed", "diverged", "interrupted", "running", "abandoned", "finished")
+
+
+def _fmt(value: Any, spec: str = ".4f") -> str:
+    """A number for a listing, ``-`` when there is none."""
+    if value is None:
+        return "-"
+    try:
+        return format(value, spec)
+    except (TypeError, ValueError):
+        return str(value)
+
+
+def _test_result(summary: dict[str, Any] | None) -> str:
+    """The listing's test column: accuracy, or ``MAE=...`` for a regression run, or ``-``."""
+    s = summary or {}
+    if s.get("test_acc") is not None:
+        return _fmt(s["test_acc"])
+    if s.get("test_mae") is not None:
+        return f"MAE={_fmt(s['test_mae'], '.4g')}"
+    return "-"
+
+
+def _held_by(run: dict[str, Any]) -> Any:
+    """The pid of the live process training ``run`` (None if none)."""
+    from .recorder import lock_holder
+
+    return lock_holder(run["run_dir"]) if run["status"] == "running" else None
+
+
+def _show_run(run: dict[str, Any], ranks: list[dict[str, Any]]) -> None:
+    where = run["run_dir"] or "(no run folder)"
+    if run["run_dir"] and not Path(run["run_dir"]).is_dir():
+        where += " (folder missing)"
+    name = f" {run['name']!r}" if run.get("name") else ""
+    print(f"run {run['id']}{name} [{run['status']}] {run['method']} on {run['dataset']} -> {where}")
+    if run["status"] == "running":
+        if run["held_by"] is not None:
+            print(f"being trained now by process {run['held_by']}")
+        else:
+            print(f"no process is training it (killed?); `lowrank train --resume {run['id']}` continues it")
+    print(json.dumps(run["config"], indent=1))
+    by_epoch: dict[int, list[str]] = {}
+    for r in ranks:
+        by_epoch.setdefault(r["epoch"], []).append(str(r["rank"]))
+    epochs = run["epochs"]
+    total = (run["config"] or {}).get("epochs")
+    print(f"{len(epochs)} of {total if total is not None else '?'} epochs recorded")
+    for e in epochs:
+        extra = e.get("extra") or {}
+        if e.get("test_acc") is not None:
+            test = f"test acc {_fmt(e['test_acc'])}"
+        elif extra.get("test_mae") is not None:
+            test = f"test MAE {_fmt(extra['test_mae'], '.4g')} test loss {_fmt(e.get('test_loss'))}"
+        else:
+            test = f"test loss {_fmt(e.get('test_loss'))}"
+        rank_txt = f" ranks {','.join(by_epoch[e['epoch']])}" if e["epoch"] in by_epoch else ""
+        print(f"epoch {e['epoch'] + 1}: train loss {_fmt(e.get('train_loss'))} {test} "
+              f"({_fmt(e.get('epoch_time'), '.2f')} s){rank_txt}")
+    s = run["summary"]
+    if s:
+        if s.get("test_mae") is not None:
+            r2 = s.get("test_r2")
+            result = (f"test MAE {_fmt(s['test_mae'], '.4g')}, RMSE {_fmt(s.get('test_rmse'), '.4g')}, "
+                      f"R^2 {_fmt(r2)}")
+        else:
+            result = f"test acc {_fmt(s.get('test_acc'))}"
+        print(f"final {result}, test loss {_fmt(s.get('test_loss'))}")
+    elif run["status"] != "running":
+        print(f"no final results: the run is {run['status']}"
+              + (f" after {len(epochs)} epochs" if epochs else " before its first epoch ended"))
+
+
+def _deletion_line(d: dict[str, Any], dry_run: bool) -> str:
+    what = f"run {d['id']} ({d['status']}, {d['method']} on {d['dataset']}, {d['epochs']} epochs)"
+    if d["held_by"] is not None:
+        return f"skipped {what}: process {d['held_by']} is training it"
+    folder = {"removed": f"folder {d['run_dir']} {'would be ' if dry_run else ''}removed",
+              "missing": f"its folder {d['run_dir']} was already gone",
+              "none": "it had no run folder",
+              "kept": f"folder {d['run_dir']} kept: {d['kept_because']}"}[d["folder"]]
+    return f"{'would delete' if dry_run else 'deleted'} {what}; {folder}"
+
+
+def _delete_runs(store: Any, ids: list[int], dry_run: bool) -> tuple[int, int]:
+    """Delete (or list, ``dry_run``) runs ``ids``, one line each; (deleted, skipped)."""
+    from .run import delete_run
+
+    done = skipped = 0
+    for run_id in ids:
+        d = delete_run(store, run_id, dry_run=dry_run)
+        print(_deletion_line(d, dry_run), flush=True)
+        if d["held_by"] is not None:
+            skipped += 1
+        else:
+            done += 1
+    verb = "would delete" if dry_run else "deleted"
+    print(f"{verb} {done} run{'s' if done != 1 else ''}" + (f", skipped {skipped} held by a live process"
+                                                            if skipped else ""))
+    return done, skipped
+
+
 def cmd_runs(ns: argparse.Namespace) -> int:
     store = _store(ns)
+    ids = ns.run_ids
+    if ns.action != "prune" and (ns.status is not None or ns.yes):
+        raise LowRankError(f"--status and --yes belong to `lowrank runs prune`, not `lowrank runs {ns.action}`")
+    if ns.action not in ("rm", "prune") and ns.dry_run:
+        raise LowRankError(f"--dry-run belongs to `lowrank runs rm` and `prune`, not `lowrank runs {ns.action}`")
     if ns.action == "show":
-        if ns.run_id is None:
-            raise LowRankError("`lowrank runs show` needs a run id (see `lowrank runs`)")
-        run = store.run(ns.run_id)
+        if len(ids) != 1:
+            raise LowRankError("`lowrank runs show` needs one run id (see `lowrank runs`)")
+        run = store.run(ids[0])
         if run is None:
-            raise LowRankError(f"no run {ns.run_id} in {store.path}; `lowrank runs` lists the runs")
-        run["epochs"] = store.epochs(ns.run_id)
-        run["ranks"] = store.ranks(ns.run_id)
+            raise LowRankError(f"no run {ids[0]} in {store.path}; `lowrank runs` lists the runs")
+        run["epochs"] = store.epochs(ids[0])
+        run["ranks"] = store.ranks(ids[0])
+        run["held_by"] = _held_by(run)
         if ns.json:
             print(json.dumps(run, default=float))
             return 0
-        print(f"run {run['id']} [{run['status']}] {run['method']} on {run['dataset']} -> {run['run_dir']}")
-        print(json.dumps(run["config"], indent=1))
-        for e in run["epochs"]:
-            _print_epoch(e["epoch"], e)
-        if run["summary"]:
-            s = run["summary"]
-            print(f"final test acc {s.get('test_acc')}, test loss {s.get('test_loss'):.4f}")
+        _show_run(run, run["ranks"])
         return 0
+    if ns.action == "rm":
+        if not ids:
+            raise LowRankError("`lowrank runs rm` needs the ids of the runs to delete (see `lowrank runs`)")
+        ids = list(dict.fromkeys(ids))
+        missing = [i for i in ids if store.run(i) is None]
+        if missing:
+            raise LowRankError(f"no run {', '.join(map(str, missing))} in {store.path}; nothing was deleted "
+                               f"(`lowrank runs` lists the runs)")
+        _, skipped = _delete_runs(store, ids, ns.dry_run)
+        return 1 if skipped else 0
+    if ns.action == "prune":
+        if ids:
+            raise LowRankError("`lowrank runs prune` takes no run ids (delete runs by id with `lowrank runs rm ID`)")
+        if ns.status is None:
+            raise LowRankError(f"`lowrank runs prune` needs --status ({'|'.join(PRUNE_STATUSES)})")
+        runs = store.runs(status=ns.status)
+        if ns.status == "finished" and not ns.yes and not ns.dry_run:
+            raise LowRankError(f"`prune --status finished` would delete the results of "
+                               f"{'all ' + str(len(runs)) + ' finished runs' if len(runs) != 1 else 'the finished run'}"
+                               f"; add --yes to do it (--dry-run lists them)")
+        if not runs:
+            print(f"no {ns.status} runs in {store.path}; nothing to delete")
+            return 0
+        _delete_runs(store, [r["id"] for r in runs], ns.dry_run)
+        return 0
+    if ids:
+        raise LowRankError("`lowrank runs` lists every run; `lowrank runs show ID` shows one")
     runs = store.runs()
     if ns.json:
         print(json.dumps(runs, default=float))
         return 0
     print(f"{'id':>4}  {'status':11s} {'method':10s} {'dataset':14s} {'epochs':>6}  {'test acc':>8}  name")
+    dead = []
     for r in runs:
-        s = r["summary"] or {}
-        acc = s.get("test_acc")
+        if r["status"] == "running" and _held_by(r) is None:
+            dead.append(r["id"])
         print(f"{r['id']:>4}  {r['status']:11s} {r['method']:10s} {r['dataset']:14s} "
-              f"{r['epochs_done']:>6}  {'-' if acc is None else f'{acc:.4f}':>8}  {r['name'] or ''}")
+              f"{r['epochs_done']:>6}  {_test_result(r['summary']):>8}  {r['name'] or ''}".rstrip())
+    if dead:
+        listed = ", ".join(map(str, dead))
+        print(f"(run{'s' if len(dead) > 1 else ''} {listed}: marked running, but no process is training "
+              f"{'them' if len(dead) > 1 else 'it'}; `lowrank train --resume ID` continues one, "
+              f"`lowrank runs prune --status running` deletes them)")
     return 0
 
 
@@ -506,10 +642,17 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--json", action="store_true")
     d.set_defaults(func=cmd_datasets)
 
-    r = add("runs", help="list runs, or show one")
-    r.add_argument("action", nargs="?", choices=("list", "show"), default="list")
-    r.add_argument("run_id", nargs="?", type=int)
-    r.add_argument("--json", action="store_true")
+    r = add("runs", help="list runs, show one, delete some",
+            description="lowrank runs [list]: every run; runs show ID: one run (config, epochs, results); "
+                        "runs rm ID [ID ...]: delete runs (their rows, and their folders when these hold only "
+                        "lowrank's files); runs prune --status STATUS: delete every run of that status. A run "
+                        "a live process is training is never deleted.")
+    r.add_argument("action", nargs="?", choices=("list", "show", "rm", "prune"), default="list")
+    r.add_argument("run_ids", nargs="*", type=int, metavar="ID", help="run ids (show: one; rm: one or more)")
+    r.add_argument("--json", action="store_true", help="list/show: print JSON")
+    r.add_argument("--status", choices=PRUNE_STATUSES, default=None, help="prune: the status of the runs to delete")
+    r.add_argument("--dry-run", action="store_true", help="rm/prune: list what would be deleted, delete nothing")
+    r.add_argument("--yes", action="store_true", help="prune: confirm `--status finished`")
     r.set_defaults(func=cmd_runs)
 
     i = add("inspect", help="show the layers of a checkpoint, or what a conversion of a --model would do")

@@ -16,6 +16,7 @@ __all__ = [
     "ConfigError",
     "TrainingDivergedError",
     "CheckpointError",
+    "RunLockedError",
 ]
 
 
@@ -45,3 +46,7 @@ class TrainingDivergedError(LowRankError):
 
 class CheckpointError(LowRankError):
     """A checkpoint cannot be read or does not match the run it is loaded into."""
+
+
+class RunLockedError(LowRankError):
+    """Another live process holds the run's lock (it is training the run)."""

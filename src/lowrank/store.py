@@ -129,7 +129,10 @@ class Store:
 
     def set_run_dir(self, run_id: int, run_dir: str) -> None:
         with self.transaction() as c:
-            c.execute("UPDATE runs SET run_dir = ? WHERE id = ?", (run_dir, run_id))
+            cur = c.execute("UPDATE runs SET run_dir = ? WHERE id = ?", (run_dir, run_id))
+        if cur.rowcount == 0:
+            raise ConfigError(f"run {run_id} was deleted from {self.path} while it was being started "
+                              f"(`lowrank runs rm` or `prune` in another process?)")
 
     def log_epoch(self, run_id: int, epoch: int, metrics: dict[str, Any], extra: dict[str, Any],
                   ranks: dict[str, dict[str, int]] | None = None) -> None:
@@ -157,6 +160,14 @@ class Store:
         with self.transaction() as c:
             c.execute("DELETE FROM epochs WHERE run_id = ? AND epoch >= ?", (run_id, epoch))
             c.execute("DELETE FROM ranks WHERE run_id = ? AND epoch >= ?", (run_id, epoch))
+
+    def delete_run(self, run_id: int) -> dict[str, int]:
+        """Delete run ``run_id``'s rows from every table in one transaction; the rows deleted per table."""
+        with self.transaction() as c:
+            counts = {table: c.execute(f"DELETE FROM {table} WHERE run_id = ?", (run_id,)).rowcount
+                      for table in ("ranks", "epochs")}
+            counts["runs"] = c.execute("DELETE FROM runs WHERE id = ?", (run_id,)).rowcount
+        return counts
 
     # -- reading ---------------------------------------------------------------------------
 

@@ -34,7 +34,7 @@ from typing import Any
 
 from .compare import DataCache
 from .config import TrainConfig
-from .errors import LowRankError
+from .errors import LowRankError, RunLockedError
 from .sweep_matrix import GridPoint, Matrix
 from .store import Store
 
@@ -165,6 +165,8 @@ def _execute(store: Store, data: DataCache, task: dict[str, Any]) -> dict[str, A
         out.update(run_id=res.run_id, status="finished", test_acc=res.summary.get("test_acc"))
     except KeyboardInterrupt:
         raise
+    except RunLockedError as e:  # another process trains this point: leave it to that process
+        out.update(status="held", error=str(e).splitlines()[0])
     except Exception as e:
         rows = [r for r in store.runs(sweep=task["sweep"]) if r["sweep_key"] == task["key"]]
         row = rows[-1] if rows else None
