@@ -71,3 +71,13 @@ def lowrank_cli():
         return subprocess.run(cmd, capture_output=True, text=True, cwd=cwd, env=e, timeout=timeout)
 
     return run
+
+
+@pytest.fixture
+def store(tmp_path):
+    """A fresh results database in the test's folder."""
+    from lowrank.store import Store
+
+    s = Store(tmp_path / "db.sqlite")
+    yield s
+    s.close()

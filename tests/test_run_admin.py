@@ -22,7 +22,6 @@ from lowrank.errors import RunLockedError
 from lowrank.recorder import RunLock, lock_holder
 from lowrank.registry import method_config
 from lowrank.run import resume_run, train_run
-from lowrank.store import Store
 from lowrank.train import ForcedInterrupt
 
 SMALL = dict(train_size=300, test_size=100)  # 6 steps of 50 per epoch
@@ -34,13 +33,6 @@ def small_cfg(**kw) -> TrainConfig:
     for k, v in kw.items():
         setattr(cfg, k, v)
     return cfg
-
-
-@pytest.fixture
-def store(tmp_path):
-    s = Store(tmp_path / "db.sqlite")
-    yield s
-    s.close()
 
 
 @pytest.fixture(scope="module")

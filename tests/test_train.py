@@ -23,13 +23,6 @@ def small_cfg(**kw) -> TrainConfig:
     return cfg
 
 
-@pytest.fixture
-def store(tmp_path):
-    s = Store(tmp_path / "db.sqlite")
-    yield s
-    s.close()
-
-
 @pytest.fixture(scope="module")
 def mnist_small():
     from lowrank.data import load_dataset
