@@ -140,3 +140,18 @@ def test_store_waits_for_a_database_another_process_is_creating(tmp_path):
     assert s.create_run(small_cfg().to_dict(), "x") == 1
     s.close()
     other.close()
+
+
+def test_checkpoint_with_optimizer_state_of_another_rank_is_refused(store, tmp_path, mnist_small):
+    from lowrank.checkpoint import write_checkpoint
+
+    cfg = small_cfg(method=method_config("vanilla", rank=4), epochs=2)
+    res = train_run(cfg, store=store, runs_dir=tmp_path / "runs", data=mnist_small)
+    ckpt = read_checkpoint(res.run_dir / "checkpoint.pt")
+    state = ckpt["stepper"]["optimizer"]["state"]
+    first = min(state)
+    state[first]["exp_avg"] = torch.zeros(3, 3)                # not the shape of its parameter
+    write_checkpoint(res.run_dir / "checkpoint.pt", ckpt)
+    store.set_status(res.run_id, "interrupted")
+    with pytest.raises(CheckpointError, match=r"optimizer state 'exp_avg' of parameter \d+ is shaped \(3, 3\)"):
+        resume_run(res.run_id, store=store, data=mnist_small)

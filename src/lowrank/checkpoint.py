@@ -28,7 +28,8 @@ from torch import nn
 
 from .errors import CheckpointError
 
-__all__ = ["FORMAT", "write_checkpoint", "read_checkpoint", "model_payload", "load_model", "load_dense_weights"]
+__all__ = ["FORMAT", "write_checkpoint", "read_checkpoint", "model_payload", "load_model", "load_dense_weights",
+           "check_optimizer_state"]
 
 FORMAT = "lowrank-checkpoint-2"
 #: Formats written by earlier versions, which this one cannot resume (their method options
@@ -128,3 +129,17 @@ def load_dense_weights(model: nn.Module, path: str) -> nn.Module:
     except RuntimeError as e:
         raise CheckpointError(f"base_checkpoint {path} does not fit the model: {str(e).splitlines()[0]}") from None
     return model
+
+
+def check_optimizer_state(optimizer: torch.optim.Optimizer, where: str) -> None:
+    """Every per-parameter state tensor (momentum, Adam's moments) is shaped like its parameter;
+    else a one-line :class:`CheckpointError` (factors and optimizer state of different ranks
+    cannot resume). Scalar state (step counters) is not checked."""
+    for group in optimizer.param_groups:
+        for i, p in enumerate(group["params"]):
+            for key, value in optimizer.state.get(p, {}).items():
+                if torch.is_tensor(value) and value.dim() > 0 and value.shape != p.shape:
+                    raise CheckpointError(
+                        f"{where}: optimizer state {key!r} of parameter {i} is shaped {tuple(value.shape)} but the "
+                        f"parameter is {tuple(p.shape)}: factors and optimizer state disagree; resume from another "
+                        f"checkpoint or start the run again")

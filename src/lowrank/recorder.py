@@ -21,7 +21,7 @@ from typing import Any
 
 from torch import nn
 
-from .checkpoint import model_payload, write_checkpoint
+from .checkpoint import check_optimizer_state, model_payload, write_checkpoint
 from .config import TrainConfig
 from .data import Splits
 from .errors import LowRankError, RunLockedError, TrainingDivergedError
@@ -159,6 +159,7 @@ class Recorder(Callback):
 
     def save(self, loop: Loop) -> None:
         """Write the checkpoint of the loop's current position (atomically)."""
+        check_optimizer_state(loop.stepper.optimizer, f"checkpoint of run {self.run_id} (not written)")
         data = loop.data
         payload = {"config": self.cfg.to_dict(), **model_payload(loop.model),
                    "data_shape": {"sample_shape": list(data.sample_shape), "num_outputs": data.num_classes or 1},

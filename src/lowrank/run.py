@@ -20,7 +20,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from .checkpoint import load_model, read_checkpoint
+from .checkpoint import check_optimizer_state, load_model, read_checkpoint
 from .config import TrainConfig
 from .data import Splits, load_dataset
 from .errors import CheckpointError, ConfigError, RunLockedError, TrainingDivergedError
@@ -162,6 +162,7 @@ def _prepare(cfg: TrainConfig, data: Splits, ckpt: dict[str, Any] | None) -> tup
     stepper = build_stepper(model, cfg, total_steps)
     if ckpt is not None:
         stepper.load_state_dict(ckpt["stepper"])
+        check_optimizer_state(stepper.optimizer, "checkpoint")
     return model, stepper, total_steps
 
 
