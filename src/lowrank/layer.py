@@ -18,6 +18,7 @@ convolution to ``r`` channels followed by a ``1 x 1`` convolution.
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import torch
@@ -75,6 +76,32 @@ class LowRankLayer(nn.Module):
             if b is not None:
                 lin.bias.copy_(b.detach())
         return lin
+
+    @classmethod
+    def from_linear(cls, linear: nn.Linear, rank: int, **options: Any) -> "LowRankLayer":
+        """A rank-``r`` layer computing as close to ``linear`` as its form allows: built with
+        ``linear``'s shapes, device and dtype and the constructor's ``options``, then
+        :meth:`factorize_` of ``linear.weight`` and its bias. (LoRA wraps ``linear`` instead.)"""
+        w = linear.weight.detach()
+        layer = cls(linear.in_features, linear.out_features, rank, linear.bias is not None, **options,
+                    device=w.device, dtype=w.dtype)
+        layer.factorize_(w)
+        layer.copy_bias_from(linear)
+        return layer
+
+    def factorize_(self, w: torch.Tensor) -> None:  # pragma: no cover - abstract
+        """Set the factors, in place, from the ``(n, m)`` matrix ``w`` at the current rank."""
+        raise NotImplementedError
+
+    def init_bias(self, bias: bool, dtype: torch.dtype | None, device: torch.device | str | None) -> None:
+        """A ``bias`` parameter of ``out_features`` entries with nn.Linear's default init
+        ``U(-1/sqrt(m), 1/sqrt(m))``, or a registered ``None`` (``in_features`` set first)."""
+        if bias:
+            self.bias = nn.Parameter(torch.empty(self.out_features, dtype=dtype, device=device))
+            bound = 1.0 / math.sqrt(self.in_features) if self.in_features > 0 else 0.0
+            nn.init.uniform_(self.bias, -bound, bound)
+        else:
+            self.register_parameter("bias", None)
 
     def copy_bias_from(self, linear: nn.Linear) -> None:
         """Take ``linear``'s bias, if it has one (each ``from_linear``'s last step; the inverse
@@ -209,6 +236,19 @@ class ConvLayer:
                 "kernel_size": tuple(conv.kernel_size), "stride": tuple(conv.stride),
                 "padding": conv.padding if isinstance(conv.padding, str) else tuple(conv.padding),
                 "dilation": tuple(conv.dilation), "padding_mode": conv.padding_mode}
+
+    @classmethod
+    def from_conv(cls, conv: nn.Conv2d, rank: int, **options: Any) -> Any:
+        """A rank-``r`` layer with ``conv``'s geometry, device and dtype and the constructor's
+        ``options``, factorizing its kernel reshaped to ``(out, in kh kw)``, with its bias.
+        (LoRA wraps ``conv`` instead.)"""
+        cls.check_convertible(conv)
+        w = conv.weight.detach()
+        layer = cls(**cls.conv_geometry(conv), rank=rank, bias=conv.bias is not None, **options,
+                    device=w.device, dtype=w.dtype)
+        layer.factorize_(w.reshape(conv.out_channels, -1))
+        layer.copy_bias_from(conv)
+        return layer
 
     @staticmethod
     def check_convertible(conv: nn.Module) -> None:

@@ -33,7 +33,6 @@ from __future__ import annotations
 from typing import Any
 
 import torch
-from torch import nn
 from torch.nn import functional as F
 from torch.nn.grad import conv2d_weight
 
@@ -103,21 +102,6 @@ class DLRTConv2d(ConvLayer, DLRTLinear):
         super().__init__(in_channels * kh * kw, out_channels, rank, bias, min_rank=min_rank, max_rank=max_rank,
                          init_decay=init_decay, device=device, dtype=dtype)
         self._init_conv(in_channels, out_channels, (kh, kw), stride, padding, dilation, padding_mode)
-
-    @classmethod
-    def from_conv(cls, conv: nn.Conv2d, rank: int, *, min_rank: int = 1, max_rank: int | None = None,
-                  init_decay: float = 1.0) -> "DLRTConv2d":
-        """Rank-``r`` truncated SVD of ``conv``'s reshaped kernel: ``U = U_r``, ``S = diag(s_i / d^i)``,
-        ``V = V_r`` (re-orthonormalized below float64, as :meth:`DLRTLinear.from_linear`)."""
-        cls.check_convertible(conv)
-        w = conv.weight.detach()
-        layer = cls(**cls.conv_geometry(conv), rank=rank, bias=conv.bias is not None, min_rank=min_rank,
-                    max_rank=max_rank, init_decay=init_decay, device=w.device, dtype=w.dtype)
-        layer.factorize_(w.reshape(conv.out_channels, -1), init_decay)
-        layer.copy_bias_from(conv)
-        return layer
-
-    # ------------------------------------------------------------------ computing
 
     def _padded(self, x: torch.Tensor) -> tuple[torch.Tensor, Any]:
         """``(input as the kh x kw convolution sees it, the padding to pass it)``: explicit

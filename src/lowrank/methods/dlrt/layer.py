@@ -412,29 +412,14 @@ class DLRTLinear(DLRTLayer):
         self.S = nn.Parameter(torch.diag(sigma * decay).to(dtype=dtype, device=device))
         self.V = nn.Parameter(orthonormal(in_features, rank, dtype=dtype, device=device).contiguous(),
                               requires_grad=False)
-        if bias:
-            bound = 1.0 / math.sqrt(in_features)
-            self.bias = nn.Parameter(torch.empty(out_features, dtype=dtype, device=device).uniform_(-bound, bound))
-        else:
-            self.register_parameter("bias", None)
+        self.init_bias(bias, dtype, device)
 
     # ------------------------------------------------------------------ construction
 
-    @classmethod
-    def from_linear(cls, linear: nn.Linear, rank: int, *, min_rank: int = 1, max_rank: int | None = None,
-                    init_decay: float = 1.0) -> "DLRTLinear":
-        """Rank-``r`` truncated SVD of ``linear.weight``: ``U = U_r``, ``S = diag(s_i / d^i)``, ``V = V_r``."""
-        w = linear.weight.detach()
-        layer = cls(linear.in_features, linear.out_features, rank, linear.bias is not None,
-                    min_rank=min_rank, max_rank=max_rank, init_decay=init_decay, device=w.device, dtype=w.dtype)
-        layer.factorize_(w, init_decay)
-        layer.copy_bias_from(linear)
-        return layer
-
-    def factorize_(self, w: torch.Tensor, init_decay: float = 1.0) -> None:
+    def factorize_(self, w: torch.Tensor) -> None:
         """Factors from the ``(n, m)`` matrix ``w`` at the current rank ``r``: ``U = U_r``,
-        ``S = diag(s_i / d^i)``, ``V = V_r`` of its truncated SVD."""
-        rank = self.rank
+        ``S = diag(s_i / d^i)`` (``d = init_decay``), ``V = V_r`` of its truncated SVD."""
+        rank, init_decay = self.rank, self.init_decay
         u, s, v = truncated_svd(w if w.dtype in (torch.float32, torch.float64) else w.float(), rank)
         s = s / torch.tensor(float(init_decay), dtype=s.dtype, device=s.device).pow(
             torch.arange(rank, dtype=s.dtype, device=s.device))

@@ -9,7 +9,6 @@ extends (``prune``, ``keep``, ``rediagonalize`` act on the reshaped kernel's fac
 from __future__ import annotations
 
 import torch
-from torch import nn
 
 from ...layer import ConvLayer
 from .layer import SVDLinear
@@ -33,18 +32,6 @@ class SVDConv2d(ConvLayer, SVDLinear):
         super().__init__(in_channels * kh * kw, out_channels, rank, bias, lambda_orth=lambda_orth,
                          lambda_sparse=lambda_sparse, device=device, dtype=dtype)
         self._init_conv(in_channels, out_channels, (kh, kw), stride, padding, dilation, padding_mode)
-
-    @classmethod
-    def from_conv(cls, conv: nn.Conv2d, rank: int, *, lambda_orth: float = 0.0,
-                  lambda_sparse: float = 0.0) -> "SVDConv2d":
-        """``U, s, V`` = the rank-``r`` truncated SVD of ``conv``'s reshaped kernel."""
-        cls.check_convertible(conv)
-        w = conv.weight.detach()
-        layer = cls(**cls.conv_geometry(conv), rank=rank, bias=conv.bias is not None, lambda_orth=lambda_orth,
-                    lambda_sparse=lambda_sparse, device=w.device, dtype=w.dtype)
-        layer.factorize_(w.reshape(conv.out_channels, -1))
-        layer.copy_bias_from(conv)
-        return layer
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         h = self.conv_first(x, self.V.T)                        # (B, r, H', W')

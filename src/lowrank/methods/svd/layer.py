@@ -16,7 +16,7 @@ from torch.nn import functional as F
 
 from ...linalg import check_rank, orthonormal, rank_for_energy, truncated_svd
 from ...layer import LowRankLayer
-from ..vanilla.layer import default_singular_value, init_bias_
+from ..vanilla.layer import default_singular_value
 
 __all__ = ["SVDLinear"]
 
@@ -42,22 +42,7 @@ class SVDLinear(LowRankLayer):
         self.U = nn.Parameter(orthonormal(out_features, rank, dtype=dtype, device=device))  # (n, r)
         self.s = nn.Parameter(torch.full((rank,), sigma, dtype=dtype, device=device))       # (r,)
         self.V = nn.Parameter(orthonormal(in_features, rank, dtype=dtype, device=device))   # (m, r)
-        if bias:
-            self.bias = nn.Parameter(torch.empty(out_features, dtype=dtype, device=device))
-            init_bias_(self.bias, in_features)
-        else:
-            self.register_parameter("bias", None)
-
-    @classmethod
-    def from_linear(cls, linear: nn.Linear, rank: int, *, lambda_orth: float = 0.0,
-                    lambda_sparse: float = 0.0) -> "SVDLinear":
-        """``U, s, V`` = the rank-``r`` truncated SVD of ``linear.weight``."""
-        w = linear.weight.detach()
-        layer = cls(linear.in_features, linear.out_features, rank, linear.bias is not None,
-                    lambda_orth=lambda_orth, lambda_sparse=lambda_sparse, device=w.device, dtype=w.dtype)
-        layer.factorize_(w)
-        layer.copy_bias_from(linear)
-        return layer
+        self.init_bias(bias, dtype, device)
 
     @torch.no_grad()
     def factorize_(self, w: torch.Tensor) -> None:

@@ -8,7 +8,6 @@ convolution by ``W1 (out, l)``; saves weights and time only when
 from __future__ import annotations
 
 import torch
-from torch import nn
 
 from ...layer import ConvLayer
 from .layer import TwoFactorLinear
@@ -29,17 +28,6 @@ class TwoFactorConv2d(ConvLayer, TwoFactorLinear):
         kh, kw = (kernel_size, kernel_size) if isinstance(kernel_size, int) else tuple(kernel_size)
         super().__init__(in_channels * kh * kw, out_channels, rank, bias, device=device, dtype=dtype)
         self._init_conv(in_channels, out_channels, (kh, kw), stride, padding, dilation, padding_mode)
-
-    @classmethod
-    def from_conv(cls, conv: nn.Conv2d, rank: int) -> "TwoFactorConv2d":
-        """``W1 = U_l S_l^(1/2)``, ``W2 = S_l^(1/2) V_l^T`` from the truncated SVD of the reshaped kernel."""
-        cls.check_convertible(conv)
-        w = conv.weight.detach()
-        n = conv.out_channels
-        layer = cls(**cls.conv_geometry(conv), rank=rank, bias=conv.bias is not None, device=w.device, dtype=w.dtype)
-        layer.factorize_(w.reshape(n, -1))
-        layer.copy_bias_from(conv)
-        return layer
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.conv_pointwise(self.conv_first(x, self.W2), self.W1, self.bias)

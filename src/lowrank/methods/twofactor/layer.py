@@ -15,7 +15,7 @@ from torch.nn import functional as F
 
 from ...linalg import check_rank, orthonormal, truncated_svd
 from ...layer import LowRankLayer
-from ..vanilla.layer import default_singular_value, init_bias_
+from ..vanilla.layer import default_singular_value
 
 __all__ = ["TwoFactorLinear"]
 
@@ -36,21 +36,7 @@ class TwoFactorLinear(LowRankLayer):
         root = default_singular_value(out_features, rank) ** 0.5
         self.W1 = nn.Parameter(orthonormal(out_features, rank, dtype=dtype, device=device) * root)   # (n, l)
         self.W2 = nn.Parameter(orthonormal(in_features, rank, dtype=dtype, device=device).T * root)  # (l, m)
-        if bias:
-            self.bias = nn.Parameter(torch.empty(out_features, dtype=dtype, device=device))
-            init_bias_(self.bias, in_features)
-        else:
-            self.register_parameter("bias", None)
-
-    @classmethod
-    def from_linear(cls, linear: nn.Linear, rank: int) -> "TwoFactorLinear":
-        """``W1 = U_l S_l^(1/2)``, ``W2 = S_l^(1/2) V_l^T`` from the truncated SVD of ``linear.weight``
-        (it saves weights only for ``l < m n / (m + n)``; :func:`lowrank.convert` warns past that)."""
-        w = linear.weight.detach()
-        layer = cls(linear.in_features, linear.out_features, rank, linear.bias is not None, device=w.device, dtype=w.dtype)
-        layer.factorize_(w)
-        layer.copy_bias_from(linear)
-        return layer
+        self.init_bias(bias, dtype, device)
 
     @torch.no_grad()
     def factorize_(self, w: torch.Tensor) -> None:

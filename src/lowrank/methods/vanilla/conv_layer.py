@@ -9,7 +9,6 @@ position). The dense kernel is never formed in ``forward``.
 from __future__ import annotations
 
 import torch
-from torch import nn
 
 from ...layer import ConvLayer
 from .layer import VanillaLinear
@@ -34,17 +33,6 @@ class VanillaConv2d(ConvLayer, VanillaLinear):
         super().__init__(in_channels * kh * kw, out_channels, rank, bias, init_decay=init_decay,
                          device=device, dtype=dtype)
         self._init_conv(in_channels, out_channels, (kh, kw), stride, padding, dilation, padding_mode)
-
-    @classmethod
-    def from_conv(cls, conv: nn.Conv2d, rank: int, *, init_decay: float = 1.0) -> "VanillaConv2d":
-        """Rank-``r`` truncated SVD of ``conv``'s reshaped kernel (Eckart-Young at ``init_decay = 1``)."""
-        cls.check_convertible(conv)
-        w = conv.weight.detach()
-        layer = cls(**cls.conv_geometry(conv), rank=rank, bias=conv.bias is not None, init_decay=init_decay,
-                    device=w.device, dtype=w.dtype)
-        layer.factorize_(w.reshape(conv.out_channels, -1))
-        layer.copy_bias_from(conv)
-        return layer
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         h = self.conv_first(x, self.V.T)                       # (B, r, H', W')

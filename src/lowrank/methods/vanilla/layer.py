@@ -37,12 +37,6 @@ def default_singular_value(out_features: int, rank: int) -> float:
     return math.sqrt(out_features / (3.0 * rank))
 
 
-def init_bias_(bias: torch.Tensor, in_features: int) -> None:
-    """nn.Linear's default bias init: ``U(-1/sqrt(m), 1/sqrt(m))``."""
-    bound = 1.0 / math.sqrt(in_features) if in_features > 0 else 0.0
-    nn.init.uniform_(bias, -bound, bound)
-
-
 class VanillaLinear(LowRankLayer):
     """``y = ((x V) S^T) U^T + b`` — ``W = U S V^T`` is never formed.
 
@@ -70,28 +64,12 @@ class VanillaLinear(LowRankLayer):
         self.U = nn.Parameter(orthonormal(out_features, rank, dtype=dtype, device=device))  # (n, r)
         self.S = nn.Parameter(torch.diag(sigma).to(dtype))                                  # (r, r)
         self.V = nn.Parameter(orthonormal(in_features, rank, dtype=dtype, device=device))   # (m, r)
-        if bias:
-            self.bias = nn.Parameter(torch.empty(out_features, dtype=dtype, device=device))
-            init_bias_(self.bias, in_features)
-        else:
-            self.register_parameter("bias", None)
-
-    @classmethod
-    def from_linear(cls, linear: nn.Linear, rank: int, *, init_decay: float = 1.0) -> "VanillaLinear":
-        """Rank-``r`` truncated SVD of ``linear.weight``: ``U = U_r``, ``S = diag(s_r / d^i)``, ``V = V_r``.
-
-        With ``init_decay = 1`` this is the best rank-``r`` approximation (Eckart-Young).
-        """
-        w = linear.weight.detach()
-        layer = cls(linear.in_features, linear.out_features, rank, linear.bias is not None,
-                    init_decay=init_decay, device=w.device, dtype=w.dtype)
-        layer.factorize_(w)
-        layer.copy_bias_from(linear)
-        return layer
+        self.init_bias(bias, dtype, device)
 
     @torch.no_grad()
     def factorize_(self, w: torch.Tensor) -> None:
-        """Set ``U, S, V`` from the truncated SVD of the ``(n, m)`` matrix ``w`` (``S`` scaled by ``init_decay``)."""
+        """Set ``U, S, V`` from the truncated SVD of the ``(n, m)`` matrix ``w`` (``S`` scaled by
+        ``init_decay``): with ``init_decay = 1`` the best rank-``r`` approximation (Eckart-Young)."""
         u, s, v = truncated_svd(w, self.rank)
         s = s * decay_factors(self.rank, self.init_decay, dtype=s.dtype, device=s.device)
         self.U.copy_(u)
