@@ -24,6 +24,8 @@ import numpy as np
 import pytest
 import torch
 
+from cli_checks import one_line_error
+
 TESTS = Path(__file__).resolve().parent
 PER_CLASS = 40
 N = 10 * PER_CLASS
@@ -35,16 +37,6 @@ FIT = ["--layers", "784,32,10", "--epochs", "2", "--batch-size", "16", "--lr", "
 MIN_FILE_ACC = 0.5
 HAVE_TENSORBOARD = importlib.util.find_spec("tensorboard") is not None
 
-
-def one_line_error(p: subprocess.CompletedProcess, *needles: str) -> str:
-    """Assert ``p`` failed the CLI way (exit 2, one ``lowrank: error:`` line); return the line."""
-    assert p.returncode == 2, (p.returncode, p.stdout, p.stderr)
-    assert "Traceback" not in p.stderr, p.stderr
-    lines = p.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("lowrank: error:"), p.stderr
-    for n in needles:
-        assert n in lines[0], lines[0]
-    return lines[0]
 
 
 def ok_json(p: subprocess.CompletedProcess) -> dict:

@@ -17,6 +17,8 @@ from pathlib import Path
 import pytest
 import torch
 
+from cli_checks import one_line_error
+
 PLUGINS = Path(__file__).resolve().parent / "plugins"
 PLUGIN_ENV = {"LOWRANK_PLUGINS": "frozen_dense"}
 TRAIN = ["train", "--method", "frozen", "--train-last", "1", "--dataset", "mnist", "--train-size", "300",
@@ -43,15 +45,6 @@ def cli_runs(tmp_path_factory, lowrank_cli):
         out[key] = subprocess.CompletedProcess(proc.args, proc.returncode, stdout, stderr)
     return {"cwd": cwd, "db": db, **out}
 
-
-def one_line_error(p: subprocess.CompletedProcess, *needles: str) -> str:
-    assert p.returncode == 2, (p.returncode, p.stderr)
-    assert "Traceback" not in p.stderr, p.stderr
-    lines = p.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("lowrank: error:"), p.stderr
-    for n in needles:
-        assert n in lines[0], lines[0]
-    return lines[0]
 
 
 def test_cli_trains_the_plugin_method_and_freezes_all_but_the_last_linear(cli_runs):
