@@ -340,6 +340,25 @@ def test_state_dict_resume_is_bit_for_bit(integrator: str, tmp_path) -> None:
         DLRT(fresh, torch.optim.Adam, integrator=other, lr=1e-2).load_state_dict(ck["optimizer"])
 
 
+@pytest.mark.parametrize("integrator", ["parallel", "kls"])
+def test_a_schedule_after_load_state_dict_still_sets_the_rule_s_learning_rate(integrator: str) -> None:
+    """torch's ``load_state_dict`` gives the inner optimizer new group dicts; a scheduler (or
+    the CLI's cosine schedule) acting on the DLRT optimizer must still reach them."""
+    x, y = data()
+    model = dlrt_model()
+    opt = DLRT(model, torch.optim.Adam, integrator=integrator, lr=1e-2)
+    user_step(opt, model, x[:32], y[:32])
+    fresh_model = copy.deepcopy(model)
+    fresh = DLRT(fresh_model, torch.optim.Adam, integrator=integrator, lr=1e-2)
+    fresh.load_state_dict(opt.state_dict())
+    sched = torch.optim.lr_scheduler.StepLR(fresh, step_size=1, gamma=0.5)
+    user_step(fresh, fresh_model, x[32:64], y[32:64])
+    sched.step()
+    assert [g["lr"] for g in fresh.inner.param_groups] == [5e-3] * len(fresh.inner.param_groups)
+    assert fresh.state_dict()["optimizer"]["param_groups"][0]["lr"] == 5e-3
+    assert fresh.state is fresh.inner.state
+
+
 # ----------------------------------------------------------------------------- guard
 
 def test_a_plain_optimizer_is_refused_but_inference_runs() -> None:

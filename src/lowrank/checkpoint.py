@@ -28,7 +28,7 @@ from torch import nn
 
 from .errors import CheckpointError
 
-__all__ = ["FORMAT", "write_checkpoint", "read_checkpoint", "model_payload", "load_model", "load_dense_weights",
+__all__ = ["FORMAT", "TEMP_SUFFIX", "write_checkpoint", "read_checkpoint", "model_payload", "load_model", "load_dense_weights",
            "check_optimizer_state"]
 
 FORMAT = "lowrank-checkpoint-2"
@@ -36,12 +36,15 @@ FORMAT = "lowrank-checkpoint-2"
 #: were one flat table and their layer classes had other names).
 OLD_FORMATS = ("lowrank-checkpoint-1",)
 
+#: The suffix of a checkpoint being written (``.checkpoint.pt.XXXX.tmp``); a leftover is removed on resume.
+TEMP_SUFFIX = ".tmp"
+
 
 def write_checkpoint(path: str | os.PathLike, payload: dict[str, Any]) -> None:
     """Atomically write ``payload`` (plus the format tag) to ``path``."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=TEMP_SUFFIX, dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as f:
             torch.save({"format": FORMAT, **payload}, f)

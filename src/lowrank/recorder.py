@@ -21,7 +21,7 @@ from typing import Any
 
 from torch import nn
 
-from .checkpoint import check_optimizer_state, model_payload, write_checkpoint
+from .checkpoint import TEMP_SUFFIX, check_optimizer_state, model_payload, write_checkpoint
 from .config import TrainConfig
 from .data import Splits
 from .errors import LowRankError, RunLockedError, TrainingDivergedError
@@ -173,6 +173,8 @@ class Recorder(Callback):
         done = loop.state.epoch
         if (self.run_dir / "checkpoint.pt").exists():  # resumed: the loop starts at its position
             self.checkpoint = (loop.state.epoch, loop.state.batch)
+        for tmp in self.run_dir.glob(f".checkpoint.pt.*{TEMP_SUFFIX}"):  # a write a death cut short (we hold the lock)
+            tmp.unlink(missing_ok=True)
         self.store.delete_epochs_from(self.run_id, done)
         lines = self.run_dir / "metrics.jsonl"
         if lines.exists():

@@ -193,7 +193,9 @@ def fit(model: nn.Module, data: Splits | Any, stepper: Stepper, *, epochs: int, 
                     state.perm = torch.randperm(n_train, generator=gen.manual_seed(_seed(seed, state.epoch))).to(device)
                     state.partial = {"loss_sum": 0.0, "time": 0.0}
                 perm = state.perm
-                loss_sum = torch.zeros((), device=device, dtype=torch.float64)
+                # The epoch's running loss sum goes on from where an interrupt left it: the same
+                # float64 additions in the same order, so a resumed epoch's loss is bit-identical.
+                loss_sum = torch.full((), state.partial["loss_sum"], device=device, dtype=torch.float64)
                 with PeakMemory(device) as mem:
                     t0 = time.perf_counter()
                     try:
@@ -220,13 +222,13 @@ def fit(model: nn.Module, data: Splits | Any, stepper: Stepper, *, epochs: int, 
                     except ForcedInterrupt:
                         raise
                     except KeyboardInterrupt:
-                        state.partial["loss_sum"] += float(loss_sum)
+                        state.partial["loss_sum"] = float(loss_sum)
                         state.partial["time"] += time.perf_counter() - t0
                         for cb in callbacks:
                             cb.on_interrupt(loop)
                         raise
                     epoch_time = time.perf_counter() - t0 + state.partial["time"]
-                train_loss = (float(loss_sum) + state.partial["loss_sum"]) / n_train
+                train_loss = float(loss_sum) / n_train
                 metrics = _epoch_metrics(model, data, loss, train_loss, epoch_time, n_train, mem.peak)
                 extra = stepper.end_epoch(state.epoch)
                 ranks = extra.pop("ranks", None)

@@ -508,6 +508,11 @@ class DLRT(torch.optim.Optimizer):
                                   f"{self.ranks()}: restore the model first (lowrank.convert.restore_structure "
                                   f"and model.load_state_dict)")
         self.inner.load_state_dict(state["optimizer"])
+        # torch's load_state_dict gives the inner optimizer new group dicts and a new state:
+        # share them again, else a learning rate set through this optimizer (a scheduler, the
+        # CLI's cosine schedule) would no longer reach the rule that steps.
+        self.param_groups = self.inner.param_groups
+        self.state = self.inner.state
         for key, value in (state.get("settings") or {}).items():
             if key in ("tau", "tau_absolute", "truncation", "reorth_every", "diagonalize_every", "clip",
                        "lift_penalties"):
