@@ -345,7 +345,10 @@ def test_search_order_explicit_then_env_then_system_then_cache(tmp_path, monkeyp
     monkeypatch.setenv("LOWRANK_DATA", str(env_root))
     assert find_dataset("fashion-mnist", tmp_path / "explicit")[0] == explicit
     assert find_dataset("fashion-mnist", explicit)[0] == explicit  # the folder itself
+    (tmp_path / "elsewhere").mkdir()  # a data_dir without the files: the search goes on
     assert find_dataset("fashion-mnist", tmp_path / "elsewhere")[0] == env
+    with pytest.raises(ConfigError, match=r"data_dir '.*missing' is not a folder"):  # never silently skipped
+        find_dataset("fashion-mnist", tmp_path / "missing")
     assert find_dataset("fashion-mnist")[0] == env
     monkeypatch.setenv("LOWRANK_DATA", str(env))  # pointing straight at the dataset folder
     assert find_dataset("fashion-mnist")[0] == env
@@ -363,6 +366,7 @@ def test_search_order_explicit_then_env_then_system_then_cache(tmp_path, monkeyp
 
 def test_missing_dataset_lists_every_place(tmp_path, monkeypatch, fake_system):
     monkeypatch.setenv("LOWRANK_DATA", str(tmp_path / "env"))
+    (tmp_path / "given").mkdir()
     with pytest.raises(DatasetNotFoundError) as e:
         load_dataset(DataConfig(dataset="fashion-mnist", data_dir=str(tmp_path / "given")))
     msg = str(e.value)

@@ -93,7 +93,7 @@ def load_model(model: nn.Module, payload: dict[str, Any]) -> nn.Module:
     try:
         model.load_state_dict(payload["model"])
     except (RuntimeError, KeyError) as e:
-        raise CheckpointError(f"checkpoint does not fit the model: {str(e).splitlines()[0]}") from None
+        raise CheckpointError(f"checkpoint does not fit the model: {_mismatch(e)}") from None
     return model
 
 
@@ -130,8 +130,15 @@ def load_dense_weights(model: nn.Module, path: str) -> nn.Module:
     try:
         model.load_state_dict(state)
     except RuntimeError as e:
-        raise CheckpointError(f"base_checkpoint {path} does not fit the model: {str(e).splitlines()[0]}") from None
+        raise CheckpointError(f"base_checkpoint {path} does not fit the model: {_mismatch(e)}") from None
     return model
+
+
+def _mismatch(error: Exception, limit: int = 300) -> str:
+    """torch's multi-line ``load_state_dict`` error as one line: what is missing, unexpected or misshapen."""
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    detail = " ".join(lines[1:] if len(lines) > 1 else lines)
+    return detail if len(detail) <= limit else detail[:limit - 3] + "..."
 
 
 def check_optimizer_state(optimizer: torch.optim.Optimizer, where: str) -> None:

@@ -533,6 +533,11 @@ def cmd_compare(ns: argparse.Namespace) -> int:
     _print_summary_table(store, ids)
     print(f"wall time {wall:.1f} s; report: {files.html} and {files.markdown}")
     print(f"rebuild with: lowrank report {' '.join(map(str, ids))} --out {out_dir}")
+    unfinished = [o for o in outcomes if o.status != "finished"]
+    if unfinished:  # the report shows them; the exit code says the comparison is not whole
+        print(f"lowrank: {len(unfinished)} of {len(outcomes)} runs did not finish: "
+              + "; ".join(f"{o.label} ({o.status})" for o in unfinished), file=sys.stderr)
+        return 1
     return 0
 
 

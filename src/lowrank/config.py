@@ -16,6 +16,7 @@ from typing import Any
 
 from .data.config import DataConfig
 from .errors import ConfigError
+from .field_types import check_field_types
 from .losses import LOSSES
 from .method_config import MethodConfig
 from .models import ACTIVATIONS, MODELS, check_model_args
@@ -44,6 +45,7 @@ class OptimConfig:
     """Learning-rate schedule over the run: constant, or cosine (decays to 0 at the last step)."""
 
     def __post_init__(self) -> None:
+        check_field_types(self)
         if self.optimizer not in OPTIMIZERS:
             raise ConfigError(f"optimizer {self.optimizer!r} is not one of {', '.join(OPTIMIZERS)}")
         if self.schedule not in SCHEDULES:
@@ -96,6 +98,7 @@ class TrainConfig:
         for name, cls in (("data", DataConfig), ("optim", OptimConfig), ("method", MethodConfig)):
             if not isinstance(getattr(self, name), cls):
                 raise ConfigError(f"TrainConfig.{name} must be a {cls.__name__}, got {type(getattr(self, name)).__name__}")
+        check_field_types(self)
         if self.loss not in LOSSES:
             raise ConfigError(f"loss {self.loss!r} is not one of {', '.join(LOSSES)}")
         if self.activation not in ACTIVATIONS:
@@ -110,6 +113,8 @@ class TrainConfig:
         if not isinstance(self.model_args, dict):
             raise ConfigError(f"model_args must be a JSON object (a dict), got {self.model_args!r}")
         check_model_args(self.model_args)
+        if not 0 <= self.seed < 2**32:
+            raise ConfigError(f"seed must be an integer in 0..{2**32 - 1} (numpy's range), got {self.seed}")
         if not isinstance(self.model, str) or (self.model not in MODELS and ":" not in self.model):
             raise ConfigError(f"model {self.model!r} is not one of {', '.join(MODELS)} or package.module:factory")
         _check_device(self.device)

@@ -17,6 +17,7 @@ __all__ = [
     "TrainingDivergedError",
     "CheckpointError",
     "RunLockedError",
+    "StoreError",
 ]
 
 
@@ -50,3 +51,7 @@ class CheckpointError(LowRankError):
 
 class RunLockedError(LowRankError):
     """Another live process holds the run's lock (it is training the run)."""
+
+
+class StoreError(LowRankError):
+    """The results database cannot be read or written (damaged, foreign, locked, read-only)."""

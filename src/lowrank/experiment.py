@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import re
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -39,7 +40,7 @@ from .errors import ConfigError
 from .registry import get_method, method_names
 
 __all__ = ["RunSpec", "Experiment", "load_experiment", "read_toml", "apply_overrides", "SECTIONS",
-           "config_paths"]
+           "config_paths", "check_name", "resolve_paths"]
 
 #: TrainConfig fields that are sections, with their dataclasses (``method``: see :func:`method_keys`).
 SECTIONS: dict[str, type | None] = {"data": DataConfig, "optim": OptimConfig, "method": None}
@@ -88,6 +89,45 @@ def config_paths() -> set[str]:
     for sec in SECTIONS:
         paths |= {f"{sec}.{name}" for name in _fields(sec)}
     return paths
+
+
+_PLAIN_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
+
+
+def check_name(name: Any, path: Path) -> str:
+    """The ``name`` of a config file, which names its report folder: a plain name, never a path."""
+    if not isinstance(name, str) or not _PLAIN_NAME.fullmatch(name) or ".." in name:
+        raise ConfigError(f"name {name!r} in {path} must be a plain name (letters, digits, '.', '_', '-'; no "
+                          f"folders): it names the report folder report/<name>; pass --out for another place")
+    return name
+
+
+#: Config keys that hold paths: in a config file they are relative to the file's folder and stay in it.
+PATH_KEYS = (("data", "data_dir"), ("method", "base_checkpoint"), ("data", "dataset"))
+
+
+def resolve_paths(cfg: dict[str, Any], path: Path, where: str) -> dict[str, Any]:
+    """``cfg`` with every path of :data:`PATH_KEYS` made absolute against the folder of config
+    file ``path``; a path that leaves that folder (absolute, ``..``, ``~``) is a ConfigError:
+    such a path is given on the command line, never by a file. A dataset name (not a path)
+    is left as it is."""
+    from .data.files import looks_like_path
+    from .data.registry import DATASETS
+
+    cfg = copy.deepcopy(cfg)
+    folder = path.parent.resolve()
+    for sec, key in PATH_KEYS:
+        value = cfg.get(sec, {}).get(key)
+        if not isinstance(value, str) or (key == "dataset" and (value in DATASETS or not looks_like_path(value))):
+            continue
+        target = (folder / value).resolve()
+        if Path(value).is_absolute() or value.startswith("~") or not target.is_relative_to(folder):
+            flag = "--" + key.replace("_", "-")
+            raise ConfigError(f"{sec}.{key} = {value!r} in {where} leaves the folder of {path.name} ({folder}): a "
+                              f"path in a config file stays inside its folder; give it on the command line "
+                              f"({flag}) instead")
+        cfg[sec][key] = str(target)
+    return cfg
 
 
 def read_toml(path: str | Path, top_keys: set[str] | frozenset[str] | None = None) -> dict[str, Any]:
@@ -168,11 +208,11 @@ def load_experiment(path: str | Path) -> Experiment:
         labels.add(label)
         cfg_dict["name"] = label
         try:
-            cfg = TrainConfig.from_dict(cfg_dict)
+            cfg = TrainConfig.from_dict(resolve_paths(cfg_dict, path, where))
         except ConfigError as e:
             raise ConfigError(f"{where}: {e}") from None
         runs.append(RunSpec(label, cfg))
-    return Experiment(name=str(doc.get("name", path.stem)), title=str(doc.get("title", path.stem)),
+    return Experiment(name=check_name(doc.get("name", path.stem), path), title=str(doc.get("title", path.stem)),
                       description=str(doc.get("description", "")), runs=runs, source=path, base=base)
 
 

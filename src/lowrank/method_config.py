@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from typing import Any, ClassVar
 
 from .errors import ConfigError
+from .field_types import check_field_types
 from .rank import RankChoice
 
 __all__ = ["MethodConfig", "FactorizedConfig"]
@@ -25,6 +26,12 @@ class MethodConfig:
     """Options of one method. Subclasses set the class attribute ``method`` to its registered name."""
 
     method: ClassVar[str] = ""
+
+    def __post_init__(self) -> None:
+        check_field_types(self)
+        parent = getattr(super(), "__post_init__", None)  # RankChoice's, for FactorizedConfig
+        if parent is not None:
+            parent()
 
     def to_dict(self) -> dict[str, Any]:
         """``{"method": name, **fields}``."""

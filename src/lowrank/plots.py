@@ -3,6 +3,10 @@
 Every function takes plain Python data (no database, no files) and returns a
 :class:`matplotlib.figure.Figure` whose axes are all labelled; :func:`to_png`
 turns one into PNG bytes. Curves are passed as :class:`Series`.
+
+Labels are user strings (run names, dataset paths): :func:`to_png` draws every text
+literally, mathtext off, so a run named ``$\\foo$`` is shown as typed and never breaks
+the figure.
 """
 
 from __future__ import annotations
@@ -14,6 +18,7 @@ from dataclasses import dataclass, field
 
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
+from matplotlib.text import Text
 
 __all__ = ["Series", "to_png", "curves", "confusion_grid", "rank_evolution", "pareto", "xy_lines",
            "heatmap", "palette"]
@@ -41,7 +46,14 @@ def palette(n: int) -> list[str]:
 
 
 def to_png(fig: Figure) -> bytes:
-    """PNG bytes of ``fig``."""
+    """PNG bytes of ``fig``, every text drawn as written (no mathtext) but the tick labels of
+    log axes, which matplotlib's formatter writes as mathtext (``$10^{2}$``)."""
+    log_ticks = {id(label) for ax in fig.axes for axis, scale in ((ax.xaxis, ax.get_xscale()),
+                                                                  (ax.yaxis, ax.get_yscale())) if scale != "linear"
+                 for tick in axis.get_major_ticks() + axis.get_minor_ticks() for label in (tick.label1, tick.label2)}
+    for text in fig.findobj(Text):
+        if id(text) not in log_ticks:
+            text.set_parse_math(False)
     FigureCanvasAgg(fig)
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=DPI)

@@ -204,7 +204,12 @@ def _checkpoint_note(checkpoint: tuple[int, int] | None, run_dir: Path) -> str:
 def _new_run_dir(runs_dir: Path, name: str) -> Path:
     """Make the folder of a new run. A folder of that name left by another database (ids
     restart with each database) is never reused: the new run gets ``name-2``, ``name-3`` ..."""
-    runs_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        runs_dir.mkdir(parents=True, exist_ok=True)
+    except FileExistsError:
+        raise ConfigError(f"runs folder {runs_dir} is a file; pass a folder to --runs-dir") from None
+    except OSError as e:
+        raise ConfigError(f"cannot create runs folder {runs_dir}: {e.strerror}; pass another --runs-dir") from None
     for n in range(1, 1000):
         path = runs_dir / (name if n == 1 else f"{name}-{n}")
         try:
@@ -212,6 +217,8 @@ def _new_run_dir(runs_dir: Path, name: str) -> Path:
             return path
         except FileExistsError:
             continue
+        except OSError as e:
+            raise ConfigError(f"cannot create run folder {path}: {e.strerror}; pass another --runs-dir") from None
     raise ConfigError(f"{runs_dir} already holds folders {name} to {name}-999; pass another --runs-dir")
 
 

@@ -2,6 +2,8 @@
 
 Every write is a transaction (``with self.conn``), every query parameterized.
 WAL mode and a busy timeout let parallel sweep processes share one database.
+Every SQLite failure (a damaged or foreign file, a read-only file or folder, a lock held
+too long) is a :class:`~lowrank.errors.StoreError` naming the database and the fix.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from .errors import ConfigError
+from .errors import ConfigError, StoreError
 
 __all__ = ["Store", "default_db_path", "EPOCH_COLUMNS"]
 
@@ -75,9 +77,17 @@ class Store:
 
     def __init__(self, path: str | os.PathLike | None = None):
         self.path = Path(path) if path is not None else default_db_path()
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self.conn = sqlite3.connect(self.path, timeout=60, isolation_level=None)
-        self.conn.row_factory = sqlite3.Row
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise StoreError(f"cannot create the folder of results database {self.path}: {e.strerror}; "
+                             f"pass another --db") from None
+        if self.path.is_dir():
+            raise StoreError(f"results database {self.path} is a folder; pass a file path to --db")
+        with self._translated():
+            conn = sqlite3.connect(self.path, timeout=60, isolation_level=None)
+        self.conn = _Connection(conn, self._translated)
+        conn.row_factory = sqlite3.Row
         self._enable_wal()
         self.conn.execute("PRAGMA foreign_keys=ON")
         self.conn.execute("PRAGMA busy_timeout=60000")
@@ -86,20 +96,30 @@ class Store:
                 if statement.strip():
                     self.conn.execute(statement)
 
+    @contextmanager
+    def _translated(self) -> Iterator[None]:
+        """SQLite's exceptions as a :class:`StoreError` naming this database and the fix."""
+        try:
+            yield
+        except sqlite3.Error as e:
+            raise StoreError(_store_message(self.path, e)) from None
+
     def _enable_wal(self, attempts: int = 100) -> None:
         """Switch to write-ahead logging. SQLite answers "database is locked" at once, without
         waiting for the busy timeout, while another process is creating the same database;
         so retry for a while, then fail with the path named."""
         for _ in range(attempts):
             try:
-                self.conn.execute("PRAGMA journal_mode=WAL")
+                self.conn.raw.execute("PRAGMA journal_mode=WAL")
                 return
             except sqlite3.OperationalError as e:
                 if "locked" not in str(e):
-                    raise
+                    raise StoreError(_store_message(self.path, e)) from None
                 time.sleep(0.05)
-        raise ConfigError(f"results database {self.path} stayed locked by another process; "
-                          f"wait for it or pass another --db")
+            except sqlite3.Error as e:
+                raise StoreError(_store_message(self.path, e)) from None
+        raise StoreError(f"results database {self.path} stayed locked by another process; "
+                         f"wait for it or pass another --db")
 
     @contextmanager
     def transaction(self) -> Iterator[sqlite3.Connection]:
@@ -113,7 +133,7 @@ class Store:
         self.conn.execute("COMMIT")
 
     def close(self) -> None:
-        self.conn.close()
+        self.conn.raw.close()
 
     # -- writing ---------------------------------------------------------------------------
 
@@ -206,6 +226,69 @@ class Store:
 
 def _run_dict(row: sqlite3.Row) -> dict[str, Any]:
     d = dict(row)
-    d["config"] = json.loads(d["config"])
-    d["summary"] = json.loads(d["summary"]) if d["summary"] else None
+    try:
+        d["config"] = json.loads(d["config"])
+        d["summary"] = json.loads(d["summary"]) if d["summary"] else None
+    except (TypeError, ValueError):
+        raise StoreError(f"the row of run {d.get('id')} in the results database is damaged (its config or "
+                         f"summary is not JSON); `lowrank runs rm {d.get('id')}` deletes it") from None
+    if not isinstance(d["config"], dict) or not isinstance(d["summary"], (dict, type(None))):
+        raise StoreError(f"the row of run {d.get('id')} in the results database is damaged (its config is not "
+                         f"a table); `lowrank runs rm {d.get('id')}` deletes it")
     return d
+
+
+class _Connection:
+    """A ``sqlite3.Connection`` whose ``execute`` raises :class:`StoreError` (``raw``: the connection)."""
+
+    def __init__(self, raw: sqlite3.Connection, translated: Any):
+        self.raw, self._translated = raw, translated
+
+    def execute(self, sql: str, args: Sequence[Any] = ()) -> "_Cursor":
+        with self._translated():
+            return _Cursor(self.raw.execute(sql, args), self._translated)
+
+
+class _Cursor:
+    """Rows of a query, fetched with SQLite's errors translated (a damaged page shows up while reading)."""
+
+    def __init__(self, cursor: sqlite3.Cursor, translated: Any):
+        self.cursor, self._translated = cursor, translated
+
+    @property
+    def rowcount(self) -> int:
+        return self.cursor.rowcount
+
+    @property
+    def lastrowid(self) -> int | None:
+        return self.cursor.lastrowid
+
+    def fetchone(self) -> Any:
+        with self._translated():
+            return self.cursor.fetchone()
+
+    def fetchall(self) -> list[Any]:
+        with self._translated():
+            return self.cursor.fetchall()
+
+    def __iter__(self) -> Iterator[Any]:
+        return iter(self.fetchall())
+
+
+def _store_message(path: Path, e: sqlite3.Error) -> str:
+    """One line: what is wrong with results database ``path`` and what to do."""
+    text = str(e) or type(e).__name__
+    low = text.lower()
+    if "not a database" in low or "malformed" in low or "no such column" in low or "no such table" in low \
+            or "file is encrypted" in low:
+        return (f"results database {path} is damaged or is not a lowrank database (sqlite: {text}); move it "
+                f"away or pass another --db")
+    if "readonly" in low or "read-only" in low or "unable to open" in low or "disk i/o" in low \
+            or "permission" in low:
+        return (f"cannot write results database {path} (sqlite: {text}); make it and its folder writable, "
+                f"or pass another --db")
+    if "locked" in low or "busy" in low:
+        return f"results database {path} stayed locked by another process (sqlite: {text}); wait or pass another --db"
+    if "full" in low:
+        return f"results database {path}: the disk is full (sqlite: {text}); free space or pass another --db"
+    return f"results database {path}: sqlite: {text}; pass another --db"

@@ -47,7 +47,7 @@ from typing import Any
 from .config import TrainConfig
 from .registry import get_method, method_names
 from .errors import ConfigError
-from .experiment import apply_overrides, config_paths, read_toml
+from .experiment import apply_overrides, check_name, config_paths, read_toml, resolve_paths
 
 __all__ = ["GridPoint", "Matrix", "load_matrix", "format_value", "AXES"]
 
@@ -90,8 +90,8 @@ def format_value(v: Any) -> str:
     """An axis value as written in keys and tables (lists joined by ``-``, ``None`` as ``-``)."""
     if isinstance(v, list):
         return "-".join(format_value(x) for x in v)
-    if isinstance(v, float):
-        return f"{v:g}"
+    if isinstance(v, float):  # %g where it reads back as the same number, else every digit needed
+        return f"{v:g}" if float(f"{v:g}") == v else repr(v)
     if v is None:
         return "-"
     return str(v)
@@ -118,7 +118,7 @@ def load_matrix(path: str | Path) -> Matrix:
     strengths = {"l1": float(reg.get("l1", 1e-5)), "l2": float(reg.get("l2", 1e-4))}
     variants = doc.get("variants", {})
     base = apply_overrides(TrainConfig().to_dict(), doc.get("base", {}), f"[base] of {path}")
-    name = str(doc.get("name", path.stem))
+    name = check_name(doc.get("name", path.stem), path)
 
     names = sorted(axes, key=lambda a: a != "method")  # the method first: other axes set its options
     points: list[GridPoint] = []
@@ -129,8 +129,9 @@ def load_matrix(path: str | Path) -> Matrix:
         where = f"grid point {values} of {path}"
         cfg = base
         for axis, value in values.items():
-            path = AXES.get(axis, axis)
-            option = path.partition(".")[2] if path.startswith("method.") and path != "method.method" else None
+            key_path = AXES.get(axis, axis)
+            option = (key_path.partition(".")[2] if key_path.startswith("method.") and key_path != "method.method"
+                      else None)
             if option and option not in get_method(cfg["method"]["method"]).config.options():
                 values[axis] = None          # this point's method has no such option
                 continue
@@ -142,7 +143,7 @@ def load_matrix(path: str | Path) -> Matrix:
         seen.add(key)
         cfg["name"] = key
         try:
-            points.append(GridPoint(key, values, TrainConfig.from_dict(cfg)))
+            points.append(GridPoint(key, values, TrainConfig.from_dict(resolve_paths(cfg, path, where))))
         except ConfigError as e:
             raise ConfigError(f"{where}: {e}") from None
     return Matrix(name=name, title=str(doc.get("title", f"Sweep {name}")),

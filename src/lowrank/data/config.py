@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from ..errors import ConfigError
+from ..field_types import check_field_types
 
 __all__ = ["DataConfig", "TASKS", "IMAGE_MODES"]
 
@@ -48,6 +49,7 @@ class DataConfig:
 
     def validate(self) -> None:
         """Raise :class:`~lowrank.errors.ConfigError` naming the first field with an impossible value."""
+        check_field_types(self)
         if not isinstance(self.dataset, str) or not self.dataset.strip():
             raise ConfigError(f"dataset must be a registered name or a path, got {self.dataset!r}")
         if not 0.0 <= self.val_fraction < 1.0:

@@ -43,7 +43,7 @@ from .labels import encode_targets
 from .npz import read_npz
 from .prepare import Prepared
 
-__all__ = ["FILE_SUFFIXES", "dataset_path", "searched_paths", "looks_like_path", "file_kind",
+__all__ = ["FILE_SUFFIXES", "check_data_dir", "dataset_path", "searched_paths", "looks_like_path", "file_kind",
            "load_file_dataset"]
 
 FILE_SUFFIXES = (".npz", ".csv", ".csv.gz")
@@ -56,7 +56,15 @@ def looks_like_path(dataset: str) -> bool:
             or dataset.lower().endswith(FILE_SUFFIXES))
 
 
+def check_data_dir(data_dir: str | os.PathLike[str] | None) -> None:
+    """A ``data_dir`` that is given must be a folder (never silently skipped for other places)."""
+    if data_dir is not None and not Path(data_dir).expanduser().is_dir():
+        raise ConfigError(f"data_dir {str(data_dir)!r} is not a folder; pass an existing folder to --data-dir, "
+                          f"or leave it out to search the usual places")
+
+
 def _candidates(dataset: str, data_dir: str | os.PathLike[str] | None) -> list[Path]:
+    check_data_dir(data_dir)
     p = Path(dataset).expanduser()
     if p.is_absolute():
         return [p]

@@ -34,7 +34,7 @@ from .config import DataConfig
 from ..errors import ConfigError, CorruptFileError, DatasetNotFoundError
 from .cache import cache_root, cached_arrays
 from .dataset import Splits
-from .files import dataset_path, load_file_dataset, looks_like_path, searched_paths
+from .files import check_data_dir, dataset_path, load_file_dataset, looks_like_path, searched_paths
 from .hoda import read_hoda
 from .idx import read_idx
 from .mnist_csv import read_mnist_csv
@@ -129,6 +129,7 @@ def search_places(name: str, data_dir: str | os.PathLike[str] | None = None) -> 
             places.append((origin, root / sub))
         places.append((origin, root))
 
+    check_data_dir(data_dir)
     if data_dir is not None:
         add_root("data_dir / --data-dir", Path(data_dir).expanduser().absolute())
     env = os.environ.get("LOWRANK_DATA")

@@ -46,8 +46,11 @@ class DLRTConfig(FactorizedConfig):
             raise ConfigError(f"integrator {self.integrator!r} is not one of {', '.join(INTEGRATORS)}")
         if self.truncation not in TRUNCATIONS:
             raise ConfigError(f"truncation {self.truncation!r} is not one of {', '.join(TRUNCATIONS)}")
-        if not isinstance(self.tau, (int, float)) or not self.tau >= 0:
-            raise ConfigError(f"tau must be >= 0, got {self.tau!r}")
+        if not isinstance(self.tau, (int, float)) or not self.tau >= 0 or self.tau == float("inf"):
+            raise ConfigError(f"tau must be a finite number >= 0, got {self.tau!r}")
+        if not self.tau_absolute and self.tau >= 1:
+            raise ConfigError(f"tau {self.tau!r} is relative to ||S||_F, so it must be below 1 (tau >= 1 truncates "
+                              f"every layer to min_rank); use a smaller tau, or --tau-absolute for an absolute one")
         if not isinstance(self.min_rank, int) or self.min_rank < 1:
             raise ConfigError(f"min_rank must be an integer >= 1, got {self.min_rank!r}")
         if self.max_rank is not None and (not isinstance(self.max_rank, int) or self.max_rank < self.min_rank):
