@@ -20,6 +20,13 @@ An experiment file (read with :mod:`tomllib`) looks like::
     label = "DLRT KLS adaptive"
     method = { method = "dlrt", integrator = "kls", adaptive = true, rank = 20 }
 
+``baselines = ["curve-fit"]`` (top level) adds methods that train nothing
+(:mod:`lowrank.baselines`); each is run once on the base data config and
+stored as a run row next to the networks. A ``stopped-flow:PATH`` dataset with
+a relative PATH is read relative to the experiment file's folder and must stay
+inside it (``..`` leading out of it is an error); an absolute PATH is taken as
+it is.
+
 Every key is checked against :class:`~lowrank.config.TrainConfig` and its sections:
 an unknown key is a :class:`~lowrank.errors.ConfigError` naming the key, where it
 was found and the file. :func:`apply_overrides` is shared with sweep matrices.
@@ -39,7 +46,7 @@ from .errors import ConfigError
 from .registry import get_method, method_names
 
 __all__ = ["RunSpec", "Experiment", "load_experiment", "read_toml", "apply_overrides", "SECTIONS",
-           "config_paths"]
+           "config_paths", "resolve_data_path"]
 
 #: TrainConfig fields that are sections, with their dataclasses (``method``: see :func:`method_keys`).
 SECTIONS: dict[str, type | None] = {"data": DataConfig, "optim": OptimConfig, "method": None}
@@ -52,7 +59,7 @@ def method_keys() -> list[str]:
         keys += [k for k in get_method(name).config.options() if k not in keys]
     return keys
 
-_TOP_KEYS = {"name", "title", "description", "base", "runs"}
+_TOP_KEYS = {"name", "title", "description", "base", "runs", "baselines"}
 _RUN_META = {"label"}
 
 
@@ -80,6 +87,8 @@ class Experiment:
     """The file it was read from."""
     base: dict[str, Any] = field(default_factory=dict)
     """The base config (TrainConfig as a dict, overrides applied)."""
+    baselines: list[str] = field(default_factory=list)
+    """Names of :data:`lowrank.baselines.BASELINES` run on the base data config."""
 
 
 def config_paths() -> set[str]:
@@ -143,14 +152,39 @@ def apply_overrides(cfg: dict[str, Any], overrides: dict[str, Any], where: str) 
     return out
 
 
-def load_experiment(path: str | Path) -> Experiment:
-    """Parse and validate the experiment file at ``path`` (every run's config is validated)."""
+def resolve_data_path(dataset: Any, folder: Path, where: str) -> Any:
+    """A ``stopped-flow:PATH`` value with a relative PATH made absolute against ``folder`` (it must stay
+    inside it); any other value unchanged."""
+    from .data.stopped_flow import PREFIX, is_stopped_flow
+
+    if not is_stopped_flow(dataset):
+        return dataset
+    rel = Path(dataset[len(PREFIX):].strip()).expanduser()
+    if rel.is_absolute():
+        return dataset
+    base = folder.resolve()
+    full = (base / rel).resolve()
+    if full != base and base not in full.parents:
+        raise ConfigError(f"{where}: dataset {dataset!r} leads out of the config's folder {base}; a relative "
+                          f"path must stay inside it (give an absolute path, or --dataset on the command line)")
+    return f"{PREFIX}{full}"
+
+
+def load_experiment(path: str | Path, dataset: str | None = None) -> Experiment:
+    """Parse and validate the experiment file at ``path`` (every run's config is validated).
+
+    ``dataset`` (the CLI's ``--dataset``) replaces ``data.dataset`` of the base and of every run.
+    """
     path = Path(path)
     doc = read_toml(path, _TOP_KEYS)
     base_over = doc.get("base", {})
     if not isinstance(base_over, dict):
         raise ConfigError(f"'base' in {path} must be a table")
     base = apply_overrides(TrainConfig().to_dict(), base_over, f"[base] of {path}")
+    if dataset is not None:
+        base["data"]["dataset"] = dataset
+    else:
+        base["data"]["dataset"] = resolve_data_path(base["data"]["dataset"], path.parent, f"[base] of {path}")
     runs_doc = doc.get("runs", [])
     if not isinstance(runs_doc, list) or not runs_doc:
         raise ConfigError(f"{path} lists no runs: add [[runs]] tables")
@@ -162,6 +196,10 @@ def load_experiment(path: str | Path) -> Experiment:
             raise ConfigError(f"{where} must be a table")
         over = {k: v for k, v in entry.items() if k not in _RUN_META}
         cfg_dict = apply_overrides(base, over, where)
+        if dataset is not None:
+            cfg_dict["data"]["dataset"] = dataset
+        else:
+            cfg_dict["data"]["dataset"] = resolve_data_path(cfg_dict["data"]["dataset"], path.parent, where)
         label = str(entry.get("label") or cfg_dict.get("name") or cfg_dict["method"]["method"])
         if label in labels:
             raise ConfigError(f"label {label!r} appears twice in {path}; labels must be unique")
@@ -172,8 +210,21 @@ def load_experiment(path: str | Path) -> Experiment:
         except ConfigError as e:
             raise ConfigError(f"{where}: {e}") from None
         runs.append(RunSpec(label, cfg))
+    baselines = doc.get("baselines", [])
+    if not isinstance(baselines, list) or not all(isinstance(b, str) for b in baselines):
+        raise ConfigError(f"'baselines' in {path} must be a list of names, e.g. [\"curve-fit\"]")
+    if baselines:
+        from .baselines import check_baseline
+
+        base_data = TrainConfig.from_dict(base).data
+        for b in baselines:
+            try:
+                check_baseline(b, base_data)
+            except ConfigError as e:
+                raise ConfigError(f"baselines of {path}: {e}") from None
     return Experiment(name=str(doc.get("name", path.stem)), title=str(doc.get("title", path.stem)),
-                      description=str(doc.get("description", "")), runs=runs, source=path, base=base)
+                      description=str(doc.get("description", "")), runs=runs, source=path, base=base,
+                      baselines=list(baselines))
 
 
 def _fields(section: str) -> list[str]:

@@ -16,7 +16,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 __all__ = ["Series", "to_png", "curves", "confusion_grid", "rank_evolution", "pareto", "xy_lines",
-           "heatmap", "palette"]
+           "heatmap", "palette", "predicted_vs_true"]
 
 DPI = 100
 MARKERS = ["o", "s", "^", "D", "v", "P", "X", "*", "h", "<", ">", "p"]
@@ -114,6 +114,32 @@ def confusion_grid(mats: Sequence[tuple[str, Sequence[Sequence[int]]]], *, ncols
         ax.set_ylabel("true class")
         ax.set_title(label, fontsize=9)
     fig.suptitle("Confusion matrices (% of each true class)", fontsize=10)
+    return fig
+
+
+def predicted_vs_true(runs: Sequence[tuple[str, Sequence[float], Sequence[float]]], *, ncols: int = 3,
+                      unit: str = "") -> Figure:
+    """One panel per run (label, true values, predictions): predictions against targets, with the diagonal.
+
+    Every panel has the same axis limits (all runs' values), so panels compare at a glance.
+    """
+    fig, axes = _panels(len(runs), ncols, (3.6, 3.5))
+    values = [v for _, t, p in runs for v in list(t) + list(p) if v is not None and math.isfinite(v)]
+    lo, hi = (min(values), max(values)) if values else (0.0, 1.0)
+    pad = 0.03 * (hi - lo or 1.0)
+    lo, hi = lo - pad, hi + pad
+    colours = palette(len(runs))
+    suffix = f" ({unit})" if unit else ""
+    for ax, (label, true, pred), colour in zip(axes, runs, colours):
+        ax.plot([lo, hi], [lo, hi], color="0.5", linewidth=0.8, linestyle="--")
+        ax.scatter(list(true), list(pred), s=6, alpha=0.6, color=colour, linewidths=0)
+        ax.set_xlim(lo, hi)
+        ax.set_ylim(lo, hi)
+        ax.set_aspect("equal")
+        ax.set_xlabel("true" + suffix)
+        ax.set_ylabel("predicted" + suffix)
+        ax.set_title(label, fontsize=9)
+    fig.suptitle("Predicted against true (test set)", fontsize=10)
     return fig
 
 
