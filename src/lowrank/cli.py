@@ -554,8 +554,9 @@ def _print_summary_table(store: Any, ids: list[int]) -> None:
     from .report import load_runs, results_table
 
     t = results_table(load_runs(store, ids))
-    keep = [t.columns.index(c) for c in ("run", "status", "test accuracy", "hidden weights kept",
-                                         "epoch time", "total time")]
+    wanted = ("run", "status", "test accuracy", "test MAE", "test R^2", "hidden weights kept", "parameters",
+              "epoch time", "total time")
+    keep = [t.columns.index(c) for c in wanted if c in t.columns]
     rows = [[t.columns[i] for i in keep]] + [[r[i] for i in keep] for r in t.rows]
     widths = [max(len(r[j]) for r in rows) for j in range(len(keep))]
     for r in rows:

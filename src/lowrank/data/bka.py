@@ -8,6 +8,7 @@ Errors name the file and the 1-based line.
 
 from __future__ import annotations
 
+import io
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -47,6 +48,23 @@ def read_bka(path: str | os.PathLike[str]) -> BkaTrace:
     return parse_bka(text, p)
 
 
+def _first_bad_row(rows: list[str], first: int, path: object) -> None:
+    """Raise the CorruptFileError of the first row that is not two finite numbers."""
+    for i, row in enumerate(rows):
+        f = row.split()
+        if len(f) != 2:
+            raise CorruptFileError(f"{path}: line {first + i}: expected 2 values (time_ms<TAB>volts), found "
+                                   f"{len(f)}: {row[:60]!r}")
+        for col, v in zip(("time_ms", "volts"), f):
+            try:
+                x = float(v)
+            except ValueError:
+                x = float("nan")
+            if not np.isfinite(x):
+                raise CorruptFileError(f"{path}: line {first + i}: {col} is {v!r}; expected a finite number")
+    raise CorruptFileError(f"{path}: line {first}: the rows are not time_ms<TAB>volts numbers")  # pragma: no cover
+
+
 def parse_bka(text: str, path: str | os.PathLike[str] = "<text>") -> BkaTrace:
     """Decode the content of a ``.bka`` file; ``path`` names it in errors."""
     lines = text.splitlines()
@@ -64,25 +82,13 @@ def parse_bka(text: str, path: str | os.PathLike[str] = "<text>") -> BkaTrace:
     rows = lines[METADATA_LINES:]
     first = METADATA_LINES + 1
     if len(rows) < 2:
-        raise CorruptFileError(f"{path}: line {first + len(rows)}: {len(rows)} data row(s) after {DATA_MARKER}; "
-                               f"expected at least 2 rows of time_ms<TAB>volts")
-    fields = [r.split() for r in rows]
-    for i, f in enumerate(fields):
-        if len(f) != 2:
-            raise CorruptFileError(f"{path}: line {first + i}: expected 2 values (time_ms<TAB>volts), found "
-                                   f"{len(f)}: {rows[i][:60]!r}")
-    try:
-        values = np.array([v for f in fields for v in f], dtype=np.float64).reshape(-1, 2)
-        ok = bool(np.isfinite(values).all())
+        raise CorruptFileError(f"{path}: line {METADATA_LINES + len(rows)}: the file ends after {len(rows)} data "
+                               f"row(s) after {DATA_MARKER}; expected at least 2 rows of time_ms<TAB>volts")
+    try:  # numpy's C reader checks every row has 2 numbers; on any complaint, find the line ourselves
+        values = np.loadtxt(io.StringIO("\n".join(rows)), dtype=np.float64, ndmin=2, comments=None)
+        ok = values.shape == (len(rows), 2) and bool(np.isfinite(values).all())
     except ValueError:
         ok = False
     if not ok:
-        for i, f in enumerate(fields):
-            for col, v in zip(("time_ms", "volts"), f):
-                try:
-                    x = float(v)
-                except ValueError:
-                    x = float("nan")
-                if not np.isfinite(x):
-                    raise CorruptFileError(f"{path}: line {first + i}: {col} is {v!r}; expected a finite number")
+        _first_bad_row(rows, first, path)
     return BkaTrace(values[:, 0].copy(), values[:, 1].copy(), lines[:METADATA_LINES])

@@ -18,7 +18,11 @@ Features of one trace (the thesis' pre-processing): rows with ``time_ms < X_star
 are dropped; of the rest every ``trace_stride``-th row is kept (down-sampling, 1 =
 all); the (t, v) pairs are interleaved ``t0, v0, t1, v1, ...`` and padded with
 zeros or truncated to ``trace_pairs`` pairs (the thesis: 14,000 pairs = 28,000
-inputs). The label is the fit sheet's ``Rate``.
+inputs). The label is the fit sheet's ``Rate``. ``trace_scaling = "amplitude"``
+first rescales each trace's volts to ``(v - end) / (start - end)``
+(:func:`amplitude_scaled`), removing the offset, amplitude and sign that vary
+between traces and carry nothing about ``k``; the thesis used raw volts
+(``"none"``, the default).
 
 Split: by experiment folder, never by file. Without ``train/`` and ``test/``,
 ``round(test_fraction * folders)`` folders (at least one, seeded) are the test
@@ -39,7 +43,7 @@ import numpy as np
 from ..errors import ConfigError, CorruptFileError
 from .bka import read_bka
 from .cache import cached_arrays
-from .config import DataConfig
+from .config import TRACE_SCALINGS, DataConfig
 from .files import dataset_path, searched_paths
 from .kinetics_sheet import FILENAME_COLUMN, SHEET_SUFFIXES, Sheet, read_sheet, trace_key
 from .labels import encode_targets
@@ -47,13 +51,17 @@ from .prepare import Prepared
 
 __all__ = ["PREFIX", "START_COLUMN", "RATE_COLUMN", "TraceEntry", "ExperimentFolder", "StoppedFlowLayout",
            "is_stopped_flow", "stopped_flow_root", "scan_stopped_flow", "split_experiments", "trace_features",
-           "load_stopped_flow", "PROGRESS_MIN_FILES"]
+           "load_stopped_flow", "PROGRESS_MIN_FILES", "amplitude_scaled", "TRACE_SCALINGS"]
 
 PREFIX = "stopped-flow:"
 """``DataConfig.dataset`` values starting with this name a stopped-flow root folder."""
 START_COLUMN = "X_start"
 RATE_COLUMN = "Rate"
 PROGRESS_MIN_FILES = 200
+AMPLITUDE_HEAD = 5
+"""Rows averaged for a trace's starting value (``trace_scaling = "amplitude"``)."""
+AMPLITUDE_TAIL = 200
+"""Rows averaged for a trace's final value (``trace_scaling = "amplitude"``)."""
 _SPLIT_STREAM = 0x5F10
 
 
@@ -192,14 +200,28 @@ def split_experiments(layout: StoppedFlowLayout, test_fraction: float, seed: int
     return mask
 
 
-def trace_features(time_ms: np.ndarray, volts: np.ndarray, x_start: float, pairs: int, stride: int = 1
-                   ) -> np.ndarray:
+def amplitude_scaled(v: np.ndarray, head: int = AMPLITUDE_HEAD, tail: int = AMPLITUDE_TAIL) -> np.ndarray:
+    """``(v - end) / (start - end)`` for one trace's volts (R,): ``start`` the mean of the first ``head``
+    rows, ``end`` of the last ``tail`` rows, so a decay ``b + c exp(-k t)`` becomes about ``exp(-k t)`` whatever
+    its offset, amplitude and sign (a flat trace, ``start == end``, is only shifted)."""
+    start = float(v[:head].mean())
+    end = float(v[-tail:].mean())
+    span = start - end
+    return (v - end) / span if span != 0 else v - end
+
+
+def trace_features(time_ms: np.ndarray, volts: np.ndarray, x_start: float, pairs: int, stride: int = 1,
+                   scaling: str = "none") -> np.ndarray:
     """float32 (2 * pairs,): rows at or after ``x_start``, every ``stride``-th, interleaved t0, v0, t1, v1, ...,
-    zero-padded or truncated to ``pairs`` pairs. Raises ValueError when no row is left."""
+    zero-padded or truncated to ``pairs`` pairs. ``scaling`` ``"amplitude"``: the volts of the kept rows (before
+    down-sampling) go through :func:`amplitude_scaled` first. Raises ValueError when no row is left."""
     keep = time_ms >= x_start                                      # (R,)
-    t, v = time_ms[keep][::stride], volts[keep][::stride]          # (R',)
+    t, v = time_ms[keep], volts[keep]                              # (R',)
     if len(t) == 0:
         raise ValueError("no rows at or after X_start")
+    if scaling == "amplitude":
+        v = amplitude_scaled(v)
+    t, v = t[::stride], v[::stride]                                # (R'',)
     n = min(pairs, len(t))
     out = np.zeros(2 * pairs, dtype=np.float32)
     out[0:2 * n:2] = t[:n]
@@ -207,7 +229,8 @@ def trace_features(time_ms: np.ndarray, volts: np.ndarray, x_start: float, pairs
     return out
 
 
-def _decode(layout: StoppedFlowLayout, pairs: int, stride: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def _decode(layout: StoppedFlowLayout, pairs: int, stride: int, scaling: str
+            ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     entries = [(i, t) for i, e in enumerate(layout.experiments) for t in e.traces]
     x = np.zeros((len(entries), 2 * pairs), dtype=np.float32)
     y = np.zeros(len(entries), dtype=np.float64)
@@ -223,7 +246,7 @@ def _decode(layout: StoppedFlowLayout, pairs: int, stride: int) -> tuple[np.ndar
         for r, (i, tr) in enumerate(it):
             trace = read_bka(tr.path)
             try:
-                x[r] = trace_features(trace.time_ms, trace.volts, tr.x_start, pairs, stride)
+                x[r] = trace_features(trace.time_ms, trace.volts, tr.x_start, pairs, stride, scaling)
             except ValueError:
                 raise CorruptFileError(f"{tr.path}: no rows at or after its X_start {tr.x_start} ms (the trace "
                                        f"ends at {trace.time_ms.max():g} ms); check its start-time sheet row")
@@ -244,7 +267,7 @@ def load_stopped_flow(cfg: DataConfig, seed: int = 0, *, use_cache: bool = True)
                           f"split by experiment folder only; leave val_fraction at 0")
     root = stopped_flow_root(cfg)
     layout = scan_stopped_flow(root)
-    pairs, stride = cfg.trace_pairs, cfg.trace_stride
+    pairs, stride, scaling = cfg.trace_pairs, cfg.trace_stride, cfg.trace_scaling
     n = sum(len(e.traces) for e in layout.experiments)
 
     def check(a: tuple[np.ndarray, ...]) -> bool:
@@ -252,8 +275,8 @@ def load_stopped_flow(cfg: DataConfig, seed: int = 0, *, use_cache: bool = True)
         return (x.dtype == np.float32 and x.shape == (n, 2 * pairs) and y.shape == (n,) and g.shape == (n,)
                 and np.array_equal(y, [t.rate for e in layout.experiments for t in e.traces]))
 
-    x, y, group = cached_arrays(layout.sources(), f"stopped-flow-v1\0{pairs}\0{stride}", 3,
-                                lambda: _decode(layout, pairs, stride), use_cache=use_cache, check=check)
+    x, y, group = cached_arrays(layout.sources(), f"stopped-flow-v1\0{pairs}\0{stride}\0{scaling}", 3,
+                                lambda: _decode(layout, pairs, stride, scaling), use_cache=use_cache, check=check)
     test_exp = split_experiments(layout, cfg.test_fraction, seed)
     is_test = test_exp[group]
     where = str(root)

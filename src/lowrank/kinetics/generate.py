@@ -123,6 +123,11 @@ class GeneratedTrace:
     k: float
 
 
+def _digits(v: float) -> float:
+    """``v`` to 10 significant digits: a value every sheet format stores and reads back exactly."""
+    return float(f"{float(v):.10g}")
+
+
 def _experiment_traces(cfg: GeneratorConfig, rng: np.random.Generator, e: int) -> list[GeneratedTrace]:
     name = f"exp_{e + 1:02d}"
     substrate = SUBSTRATES[int(rng.integers(len(SUBSTRATES)))]
@@ -144,8 +149,8 @@ def _experiment_traces(cfg: GeneratorConfig, rng: np.random.Generator, e: int) -
         out.append(GeneratedTrace(
             experiment=name, filename=f"{substrate}_{concs[j]:.1f}uM_ch1_{rep:02d}.bka", substrate=substrate,
             concentration=round(float(concs[j]), 3), x_start=round(x_start, 6),
-            a=float(0.02 * rng.standard_normal()), b=b + float(0.05 * rng.standard_normal()),
-            c=amp * float(rng.uniform(0.8, 1.2)), k=float(k)))
+            a=_digits(0.02 * rng.standard_normal()), b=_digits(b + 0.05 * rng.standard_normal()),
+            c=_digits(amp * rng.uniform(0.8, 1.2)), k=_digits(k)))
     return out
 
 
