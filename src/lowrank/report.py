@@ -326,30 +326,35 @@ def _rank_section(runs: list[RunData]) -> Section | None:
 
 
 def _pareto_section(runs: list[RunData]) -> Section | None:
+    # classification: accuracy (%); regression: R^2 (both higher-is-better, as the front needs)
+    by_acc = any((r.summary or {}).get("test_acc") is not None for r in runs)
+    key, scale, name = ("test_acc", 100.0, "test accuracy (%)") if by_acc else ("test_r2", 1.0, "test R^2")
+    what = "Accuracy" if by_acc else "R^2"
     pts_params, pts_flops = [], []
     for r in runs:
         s = r.summary or {}
-        acc = s.get("test_acc")
+        acc = s.get(key)
         if acc is None:
             continue
         params, flops = _acct(s, "inference_count"), _acct(s, "flops_per_sample")
         if params:
-            pts_params.append((r.label, float(params), 100 * acc))
+            pts_params.append((r.label, float(params), scale * acc))
         if flops:
-            pts_flops.append((r.label, float(flops), 100 * acc))
+            pts_flops.append((r.label, float(flops), scale * acc))
     if len(pts_params) < 2:
         return None
     images = [Image("pareto_params", plots.to_png(plots.pareto(
-        pts_params, xlabel="parameters at inference (log scale)", ylabel="test accuracy (%)",
-        title="Accuracy against parameters")), alt="test accuracy against number of parameters")]
+        pts_params, xlabel="parameters at inference (log scale)", ylabel=name,
+        title=f"{what} against parameters")), alt=f"{name} against number of parameters")]
     if len(pts_flops) >= 2:
         images.append(Image("pareto_flops", plots.to_png(plots.pareto(
-            pts_flops, xlabel="FLOPs per sample (log scale)", ylabel="test accuracy (%)",
-            title="Accuracy against FLOPs")), alt="test accuracy against FLOPs per sample"))
+            pts_flops, xlabel="FLOPs per sample (log scale)", ylabel=name,
+            title=f"{what} against FLOPs")), alt=f"{name} against FLOPs per sample"))
     front = plots.pareto_front([(x, y) for _, x, y in pts_params])
     on_front = [label for label, x, y in pts_params if (x, y) in front]
-    return Section("Accuracy against parameters (Pareto view)", images=images,
-                   notes=[f"On the front (no other run is both smaller and more accurate): {', '.join(on_front)}."])
+    better = "more accurate" if by_acc else "of higher R^2"
+    return Section(f"{what} against parameters (Pareto view)", images=images,
+                   notes=[f"On the front (no other run is both smaller and {better}): {', '.join(on_front)}."])
 
 
 @register_section
