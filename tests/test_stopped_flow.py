@@ -367,6 +367,7 @@ method = { method = "vanilla", rank = 2 }
     assert "test MAE" in p.stdout and "curve_fit" in p.stdout
     html = (work / "rep" / "report.html").read_text()
     assert "Predicted against true" in html and "curve_fit" in html and "test R^2" in html
+    assert "MAE against parameters" in html
     con = sqlite3.connect(work / "r.db")
     rows = con.execute("SELECT method, status, summary FROM runs ORDER BY id").fetchall()
     assert [r[0] for r in rows] == ["dense", "vanilla", "curve-fit"] and {r[1] for r in rows} == {"finished"}

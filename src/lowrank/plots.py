@@ -164,14 +164,14 @@ def rank_evolution(runs: Sequence[tuple[str, Sequence[Series]]], *, ncols: int =
 
 
 def pareto(points: Sequence[tuple[str, float, float]], *, xlabel: str, ylabel: str, title: str,
-           log_x: bool = True) -> Figure:
+           log_x: bool = True, higher_is_better: bool = True, log_y: bool = False) -> Figure:
     """Scatter of ``(label, x, y)``, labelled, with the front of points no other beats in both
-    (smaller ``x``, larger ``y``) joined by a line."""
+    (smaller ``x``, larger ``y``, or smaller ``y`` when not ``higher_is_better``) joined by a line."""
     fig = Figure(figsize=(7.0, 4.4), layout="constrained")
     ax = fig.add_subplot()
     for colour, marker, (label, x, y) in zip(palette(len(points)), MARKERS * len(points), points):
         ax.scatter([x], [y], color=colour, marker=marker, s=42, zorder=3, label=label)
-    front = pareto_front([(x, y) for _, x, y in points])
+    front = pareto_front([(x, y) for _, x, y in points], higher_is_better=higher_is_better)
     if len(front) > 1:
         ax.plot([p[0] for p in front], [p[1] for p in front], "-", color="grey", alpha=0.6, zorder=2,
                 label="Pareto front")
@@ -180,17 +180,22 @@ def pareto(points: Sequence[tuple[str, float, float]], *, xlabel: str, ylabel: s
     ax.set_title(title)
     if log_x and points and min(p[1] for p in points) > 0:
         ax.set_xscale("log")
+    if log_y and points and min(p[2] for p in points) > 0:
+        ax.set_yscale("log")
     ax.grid(alpha=0.3, which="both")
     if points:
         ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)
     return fig
 
 
-def pareto_front(points: Sequence[tuple[float, float]]) -> list[tuple[float, float]]:
-    """Points not dominated by another with smaller-or-equal ``x`` and larger ``y``, by ``x``."""
+def pareto_front(points: Sequence[tuple[float, float]], *, higher_is_better: bool = True
+                 ) -> list[tuple[float, float]]:
+    """Points not dominated by another with smaller-or-equal ``x`` and larger ``y`` (smaller ``y`` when
+    not ``higher_is_better``), by ``x``."""
+    sign = 1.0 if higher_is_better else -1.0
     front: list[tuple[float, float]] = []
-    for x, y in sorted(points, key=lambda p: (p[0], -p[1])):
-        if not front or y > front[-1][1]:
+    for x, y in sorted(points, key=lambda p: (p[0], -sign * p[1])):
+        if not front or sign * y > sign * front[-1][1]:
             front.append((x, y))
     return front
 

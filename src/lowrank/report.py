@@ -326,10 +326,12 @@ def _rank_section(runs: list[RunData]) -> Section | None:
 
 
 def _pareto_section(runs: list[RunData]) -> Section | None:
-    # classification: accuracy (%); regression: R^2 (both higher-is-better, as the front needs)
+    # classification: accuracy (%), higher is better; regression: MAE (log scale), lower is better
     by_acc = any((r.summary or {}).get("test_acc") is not None for r in runs)
-    key, scale, name = ("test_acc", 100.0, "test accuracy (%)") if by_acc else ("test_r2", 1.0, "test R^2")
-    what = "Accuracy" if by_acc else "R^2"
+    key, scale, name = ("test_acc", 100.0, "test accuracy (%)") if by_acc else ("test_mae", 1.0,
+                                                                              "test MAE (log scale)")
+    what = "Accuracy" if by_acc else "MAE"
+    style = {} if by_acc else {"higher_is_better": False, "log_y": True}
     pts_params, pts_flops = [], []
     for r in runs:
         s = r.summary or {}
@@ -345,14 +347,14 @@ def _pareto_section(runs: list[RunData]) -> Section | None:
         return None
     images = [Image("pareto_params", plots.to_png(plots.pareto(
         pts_params, xlabel="parameters at inference (log scale)", ylabel=name,
-        title=f"{what} against parameters")), alt=f"{name} against number of parameters")]
+        title=f"{what} against parameters", **style)), alt=f"{name} against number of parameters")]
     if len(pts_flops) >= 2:
         images.append(Image("pareto_flops", plots.to_png(plots.pareto(
             pts_flops, xlabel="FLOPs per sample (log scale)", ylabel=name,
-            title=f"{what} against FLOPs")), alt=f"{name} against FLOPs per sample"))
-    front = plots.pareto_front([(x, y) for _, x, y in pts_params])
+            title=f"{what} against FLOPs", **style)), alt=f"{name} against FLOPs per sample"))
+    front = plots.pareto_front([(x, y) for _, x, y in pts_params], higher_is_better=by_acc)
     on_front = [label for label, x, y in pts_params if (x, y) in front]
-    better = "more accurate" if by_acc else "of higher R^2"
+    better = "more accurate" if by_acc else "of lower MAE"
     return Section(f"{what} against parameters (Pareto view)", images=images,
                    notes=[f"On the front (no other run is both smaller and {better}): {', '.join(on_front)}."])
 
