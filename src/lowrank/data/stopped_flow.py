@@ -126,7 +126,7 @@ def _experiment_dirs(parent: Path) -> list[Path]:
     return sorted((d for d in parent.iterdir() if d.is_dir() and any(d.glob("*.bka"))), key=lambda d: d.name)
 
 
-def _role_sheets(folder: Path, bkas: list[Path]) -> tuple[Sheet, Sheet, list[Path]]:
+def _role_sheets(folder: Path) -> tuple[Sheet, Sheet, list[Path]]:
     paths = sorted(p for p in folder.iterdir() if p.is_file() and p.name.lower().endswith(SHEET_SUFFIXES)
                    and not p.name.startswith((".", "~$")))
     sheets = [read_sheet(p) for p in paths]
@@ -154,7 +154,7 @@ def _role_sheets(folder: Path, bkas: list[Path]) -> tuple[Sheet, Sheet, list[Pat
 
 def _experiment(folder: Path, name: str, given_test: bool | None) -> ExperimentFolder:
     bkas = sorted((p for p in folder.glob("*.bka") if p.is_file()), key=lambda p: p.name)
-    start_sheet, rate_sheet, paths = _role_sheets(folder, bkas)
+    start_sheet, rate_sheet, paths = _role_sheets(folder)
     starts, rates = start_sheet.values(START_COLUMN), rate_sheet.values(RATE_COLUMN)
     traces = []
     for b in bkas:

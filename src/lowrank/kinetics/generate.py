@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import csv
 import dataclasses
+import importlib.util
 import json
 import math
 import os
@@ -231,10 +232,8 @@ def generate(out: str | os.PathLike[str], cfg: GeneratorConfig | None = None, *,
     if root.is_dir() and any(root.iterdir()) and not overwrite:
         raise ConfigError(f"{root} is not empty; give a new or empty folder, or --force to write into it "
                           f"(files of the same names are replaced)")
-    try:
-        import openpyxl  # noqa: F401
-    except ImportError:
-        raise ConfigError("writing .xlsx sheets needs openpyxl: pip install 'lowrank-train[kinetics]'") from None
+    if importlib.util.find_spec("openpyxl") is None:
+        raise ConfigError("writing .xlsx sheets needs openpyxl: pip install 'lowrank-train[kinetics]'")
     root.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(cfg.seed)
     written: list[GeneratedTrace] = []
