@@ -487,6 +487,20 @@ def _model_of_checkpoint(path: str) -> tuple[TrainConfig, Any]:
     return cfg, load_model(model, ckpt)
 
 
+def cmd_stopped_flow_generate(ns: argparse.Namespace) -> int:
+    import dataclasses
+
+    from .kinetics.generate import GeneratorConfig, generate
+
+    given = {f.name: getattr(ns, f"gen.{f.name}") for f in dataclasses.fields(GeneratorConfig)}
+    cfg = GeneratorConfig(**{k: v for k, v in given.items() if v is not None})
+    traces = generate(ns.out, cfg, overwrite=ns.force)
+    ks = [t.k for t in traces]
+    print(f"wrote {cfg.experiments} experiments, {len(traces)} .bka traces of {cfg.rows} rows into {ns.out} "
+          f"(k {min(ks):.1f}-{max(ks):.1f} s^-1; true parameters in {Path(ns.out) / 'truth.csv'})")
+    return 0
+
+
 def cmd_compare(ns: argparse.Namespace) -> int:
     import time
 
@@ -495,7 +509,7 @@ def cmd_compare(ns: argparse.Namespace) -> int:
     from .report import load_runs, write_report
 
     path = Path(ns.config) if ns.config else default_config_path()
-    exp = load_experiment(path)
+    exp = load_experiment(path, dataset=ns.dataset)
     out_dir = Path(ns.out or Path("report") / exp.name)
     store = _store(ns)
     t0 = time.perf_counter()
@@ -545,8 +559,9 @@ def _print_summary_table(store: Any, ids: list[int]) -> None:
     from .report import load_runs, results_table
 
     t = results_table(load_runs(store, ids))
-    keep = [t.columns.index(c) for c in ("run", "status", "test accuracy", "hidden weights kept",
-                                         "epoch time", "total time")]
+    wanted = ("run", "status", "test accuracy", "test MAE", "test R^2", "hidden weights kept", "parameters",
+              "epoch time", "total time")
+    keep = [t.columns.index(c) for c in wanted if c in t.columns]
     rows = [[t.columns[i] for i in keep]] + [[r[i] for i in keep] for r in t.rows]
     widths = [max(len(r[j]) for r in rows) for j in range(len(keep))]
     for r in rows:
@@ -672,7 +687,18 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--out", default=None, help="report folder (default: report/<config name>)")
     c.add_argument("--runs-dir", default="runs", help="folder for run folders (default: runs)")
     c.add_argument("--quiet", action="store_true", help="no per-epoch lines")
+    c.add_argument("--dataset", default=None, help="replace every run's dataset (e.g. stopped-flow:PATH, PATH "
+                                                   "relative to the working folder)")
     c.set_defaults(func=cmd_compare)
+
+    sf = add("stopped-flow", help="stopped-flow kinetics data: write a generated data set")
+    sf_sub = sf.add_subparsers(dest="sf_command", required=True, parser_class=_Parser)
+    g = sf_sub.add_parser("generate", help="write experiment folders of .bka traces and .xlsx sheets")
+    g.add_argument("out", help="folder to write (new or empty)")
+    g.add_argument("--force", action="store_true", help="write into a non-empty OUT (same-named files replaced)")
+    from .kinetics.generate import GeneratorConfig
+    _add_fields(g, GeneratorConfig, "gen", set(), {"start_sheet": ("xlsx", "csv")})
+    g.set_defaults(func=cmd_stopped_flow_generate)
 
     rp = add("report", help="rebuild the comparison report from the database for any runs")
     rp.add_argument("run_ids", nargs="*", type=int, metavar="RUN_ID", help="runs to include (default: by --query)")

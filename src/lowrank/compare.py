@@ -24,7 +24,7 @@ from .errors import ConfigError
 from .experiment import Experiment, RunSpec
 from .store import Store
 
-__all__ = ["RunOutcome", "DataCache", "run_experiment", "default_config_path",
+__all__ = ["RunOutcome", "DataCache", "run_experiment", "run_baseline", "default_config_path",
            "experiment_tag", "outcome_notes"]
 
 OnStart = Callable[[int, RunSpec], None]
@@ -108,7 +108,35 @@ def run_experiment(exp: Experiment, *, store: Store, runs_dir: str | Path = "run
         outcomes.append(outcome)
         if on_done is not None:
             on_done(outcome)
+    for name in exp.baselines:
+        outcome = run_baseline(exp, name, store=store)
+        outcomes.append(outcome)
+        if on_done is not None:
+            on_done(outcome)
     return outcomes
+
+
+def run_baseline(exp: Experiment, name: str, *, store: Store) -> RunOutcome:
+    """Run baseline ``name`` (:mod:`lowrank.baselines`) on ``exp``'s base data config and seed; store it as a
+    finished run (method = the baseline's name, no run folder) tagged like the experiment's runs."""
+    from .baselines import get_baseline
+
+    cfg = TrainConfig.from_dict(exp.base)
+    t0 = time.perf_counter()
+    try:
+        res = get_baseline(name)(cfg.data, cfg.seed)
+    except KeyboardInterrupt:
+        raise
+    except Exception as e:  # like a failed run: recorded, the comparison goes on
+        msg = str(e).splitlines()[0] if str(e) else ""
+        return RunOutcome(name, name, None, "failed", f"{type(e).__name__}: {msg}", time.perf_counter() - t0)
+    config = cfg.to_dict()
+    config["method"] = {"method": name}
+    config["name"] = res.label
+    tag = experiment_tag(exp)
+    run_id = store.create_run(config, "", name=res.label, sweep=tag, sweep_key=res.label)
+    store.set_status(run_id, "finished", {**res.summary, "notes": res.notes})
+    return RunOutcome(res.label, name, run_id, "finished", None, time.perf_counter() - t0)
 
 
 def outcome_notes(outcomes: list[RunOutcome]) -> list[str]:

@@ -20,6 +20,13 @@ An experiment file (read with :mod:`tomllib`) looks like::
     label = "DLRT KLS adaptive"
     method = { method = "dlrt", integrator = "kls", adaptive = true, rank = 20 }
 
+``baselines = ["curve-fit"]`` (top level) adds methods that train nothing
+(:mod:`lowrank.baselines`); each is run once on the base data config and
+stored as a run row next to the networks. A ``stopped-flow:PATH`` dataset with
+a relative PATH is read relative to the experiment file's folder and must stay
+inside it (``..`` leading out of it is an error); an absolute PATH is taken as
+it is.
+
 Every key is checked against :class:`~lowrank.config.TrainConfig` and its sections:
 an unknown key is a :class:`~lowrank.errors.ConfigError` naming the key, where it
 was found and the file. :func:`apply_overrides` is shared with sweep matrices.
@@ -53,7 +60,7 @@ def method_keys() -> list[str]:
         keys += [k for k in get_method(name).config.options() if k not in keys]
     return keys
 
-_TOP_KEYS = {"name", "title", "description", "base", "runs"}
+_TOP_KEYS = {"name", "title", "description", "base", "runs", "baselines"}
 _RUN_META = {"label"}
 
 
@@ -81,6 +88,8 @@ class Experiment:
     """The file it was read from."""
     base: dict[str, Any] = field(default_factory=dict)
     """The base config (TrainConfig as a dict, overrides applied)."""
+    baselines: list[str] = field(default_factory=list)
+    """Names of :data:`lowrank.baselines.BASELINES` run on the base data config."""
 
 
 def config_paths() -> set[str]:
@@ -106,27 +115,36 @@ def check_name(name: Any, path: Path) -> str:
 PATH_KEYS = (("data", "data_dir"), ("method", "base_checkpoint"), ("data", "dataset"))
 
 
-def resolve_paths(cfg: dict[str, Any], path: Path, where: str) -> dict[str, Any]:
-    """``cfg`` with every path of :data:`PATH_KEYS` made absolute against the folder of config
-    file ``path``; a path that leaves that folder (absolute, ``..``, ``~``) is a ConfigError:
-    such a path is given on the command line, never by a file. A dataset name (not a path)
-    is left as it is."""
+def resolve_paths(cfg: dict[str, Any], path: Path, where: str, given: set[str] | frozenset[str] = frozenset()
+                  ) -> dict[str, Any]:
+    """A copy of ``cfg`` with every path of :data:`PATH_KEYS` made absolute against the folder
+    of config file ``path``. A path that leads out of that folder (``..``, an absolute path
+    elsewhere, ``~``) is a ConfigError: such a path is given on the command line, never by
+    a file. Keys in ``given`` came from the command line and are left alone; so is a dataset
+    name (not a path). A ``stopped-flow:PATH`` dataset's PATH is checked the same way."""
     from .data.files import looks_like_path
     from .data.registry import DATASETS
+    from .data.stopped_flow import PREFIX, is_stopped_flow
 
     cfg = copy.deepcopy(cfg)
     folder = path.parent.resolve()
     for sec, key in PATH_KEYS:
         value = cfg.get(sec, {}).get(key)
-        if not isinstance(value, str) or (key == "dataset" and (value in DATASETS or not looks_like_path(value))):
+        if key in given or not isinstance(value, str):
             continue
-        target = (folder / value).resolve()
-        if Path(value).is_absolute() or value.startswith("~") or not target.is_relative_to(folder):
+        prefix = ""
+        if key == "dataset":
+            if is_stopped_flow(value):
+                prefix, value = PREFIX, value[len(PREFIX):].strip()
+            elif value in DATASETS or not looks_like_path(value):
+                continue
+        target = (folder / Path(value)).resolve()
+        if value.startswith("~") or not target.is_relative_to(folder):
             flag = "--" + key.replace("_", "-")
-            raise ConfigError(f"{sec}.{key} = {value!r} in {where} leaves the folder of {path.name} ({folder}): a "
-                              f"path in a config file stays inside its folder; give it on the command line "
-                              f"({flag}) instead")
-        cfg[sec][key] = str(target)
+            raise ConfigError(f"{sec}.{key} = {prefix + value!r} in {where} leads out of the folder of {path.name} "
+                              f"({folder}): a path in a config file stays inside its folder; give it on the "
+                              f"command line ({flag}) instead")
+        cfg[sec][key] = prefix + str(target)
     return cfg
 
 
@@ -183,14 +201,21 @@ def apply_overrides(cfg: dict[str, Any], overrides: dict[str, Any], where: str) 
     return out
 
 
-def load_experiment(path: str | Path) -> Experiment:
-    """Parse and validate the experiment file at ``path`` (every run's config is validated)."""
+def load_experiment(path: str | Path, dataset: str | None = None) -> Experiment:
+    """Parse and validate the experiment file at ``path`` (every run's config is validated).
+
+    ``dataset`` (the CLI's ``--dataset``) replaces ``data.dataset`` of the base and of every run.
+    """
     path = Path(path)
     doc = read_toml(path, _TOP_KEYS)
     base_over = doc.get("base", {})
     if not isinstance(base_over, dict):
         raise ConfigError(f"'base' in {path} must be a table")
+    given = {"dataset"} if dataset is not None else set()  # from the command line: not checked
     base = apply_overrides(TrainConfig().to_dict(), base_over, f"[base] of {path}")
+    if dataset is not None:
+        base["data"]["dataset"] = dataset
+    base = resolve_paths(base, path, f"[base] of {path}", given)
     runs_doc = doc.get("runs", [])
     if not isinstance(runs_doc, list) or not runs_doc:
         raise ConfigError(f"{path} lists no runs: add [[runs]] tables")
@@ -202,18 +227,33 @@ def load_experiment(path: str | Path) -> Experiment:
             raise ConfigError(f"{where} must be a table")
         over = {k: v for k, v in entry.items() if k not in _RUN_META}
         cfg_dict = apply_overrides(base, over, where)
+        if dataset is not None:
+            cfg_dict["data"]["dataset"] = dataset
         label = str(entry.get("label") or cfg_dict.get("name") or cfg_dict["method"]["method"])
         if label in labels:
             raise ConfigError(f"label {label!r} appears twice in {path}; labels must be unique")
         labels.add(label)
         cfg_dict["name"] = label
         try:
-            cfg = TrainConfig.from_dict(resolve_paths(cfg_dict, path, where))
+            cfg = TrainConfig.from_dict(resolve_paths(cfg_dict, path, where, given))
         except ConfigError as e:
             raise ConfigError(f"{where}: {e}") from None
         runs.append(RunSpec(label, cfg))
+    baselines = doc.get("baselines", [])
+    if not isinstance(baselines, list) or not all(isinstance(b, str) for b in baselines):
+        raise ConfigError(f"'baselines' in {path} must be a list of names, e.g. [\"curve-fit\"]")
+    if baselines:
+        from .baselines import check_baseline
+
+        base_data = TrainConfig.from_dict(base).data
+        for b in baselines:
+            try:
+                check_baseline(b, base_data)
+            except ConfigError as e:
+                raise ConfigError(f"baselines of {path}: {e}") from None
     return Experiment(name=check_name(doc.get("name", path.stem), path), title=str(doc.get("title", path.stem)),
-                      description=str(doc.get("description", "")), runs=runs, source=path, base=base)
+                      description=str(doc.get("description", "")), runs=runs, source=path, base=base,
+                      baselines=list(baselines))
 
 
 def _fields(section: str) -> list[str]:

@@ -21,7 +21,7 @@ from matplotlib.figure import Figure
 from matplotlib.text import Text
 
 __all__ = ["Series", "to_png", "curves", "confusion_grid", "rank_evolution", "pareto", "xy_lines",
-           "heatmap", "palette"]
+           "heatmap", "palette", "predicted_vs_true"]
 
 DPI = 100
 MARKERS = ["o", "s", "^", "D", "v", "P", "X", "*", "h", "<", ">", "p"]
@@ -129,6 +129,32 @@ def confusion_grid(mats: Sequence[tuple[str, Sequence[Sequence[int]]]], *, ncols
     return fig
 
 
+def predicted_vs_true(runs: Sequence[tuple[str, Sequence[float], Sequence[float]]], *, ncols: int = 3,
+                      unit: str = "") -> Figure:
+    """One panel per run (label, true values, predictions): predictions against targets, with the diagonal.
+
+    Every panel has the same axis limits (all runs' values), so panels compare at a glance.
+    """
+    fig, axes = _panels(len(runs), ncols, (3.6, 3.5))
+    values = [v for _, t, p in runs for v in list(t) + list(p) if v is not None and math.isfinite(v)]
+    lo, hi = (min(values), max(values)) if values else (0.0, 1.0)
+    pad = 0.03 * (hi - lo or 1.0)
+    lo, hi = lo - pad, hi + pad
+    colours = palette(len(runs))
+    suffix = f" ({unit})" if unit else ""
+    for ax, (label, true, pred), colour in zip(axes, runs, colours):
+        ax.plot([lo, hi], [lo, hi], color="0.5", linewidth=0.8, linestyle="--")
+        ax.scatter(list(true), list(pred), s=6, alpha=0.6, color=colour, linewidths=0)
+        ax.set_xlim(lo, hi)
+        ax.set_ylim(lo, hi)
+        ax.set_aspect("equal")
+        ax.set_xlabel("true" + suffix)
+        ax.set_ylabel("predicted" + suffix)
+        ax.set_title(label, fontsize=9)
+    fig.suptitle("Predicted against true (test set)", fontsize=10)
+    return fig
+
+
 def rank_evolution(runs: Sequence[tuple[str, Sequence[Series]]], *, ncols: int = 2) -> Figure:
     """One panel per run: each layer's rank against the epoch (caps dotted, if given)."""
     fig, axes = _panels(len(runs), ncols, (4.8, 3.4))
@@ -150,14 +176,14 @@ def rank_evolution(runs: Sequence[tuple[str, Sequence[Series]]], *, ncols: int =
 
 
 def pareto(points: Sequence[tuple[str, float, float]], *, xlabel: str, ylabel: str, title: str,
-           log_x: bool = True) -> Figure:
+           log_x: bool = True, higher_is_better: bool = True, log_y: bool = False) -> Figure:
     """Scatter of ``(label, x, y)``, labelled, with the front of points no other beats in both
-    (smaller ``x``, larger ``y``) joined by a line."""
+    (smaller ``x``, larger ``y``, or smaller ``y`` when not ``higher_is_better``) joined by a line."""
     fig = Figure(figsize=(7.0, 4.4), layout="constrained")
     ax = fig.add_subplot()
     for colour, marker, (label, x, y) in zip(palette(len(points)), MARKERS * len(points), points):
         ax.scatter([x], [y], color=colour, marker=marker, s=42, zorder=3, label=label)
-    front = pareto_front([(x, y) for _, x, y in points])
+    front = pareto_front([(x, y) for _, x, y in points], higher_is_better=higher_is_better)
     if len(front) > 1:
         ax.plot([p[0] for p in front], [p[1] for p in front], "-", color="grey", alpha=0.6, zorder=2,
                 label="Pareto front")
@@ -166,17 +192,22 @@ def pareto(points: Sequence[tuple[str, float, float]], *, xlabel: str, ylabel: s
     ax.set_title(title)
     if log_x and points and min(p[1] for p in points) > 0:
         ax.set_xscale("log")
+    if log_y and points and min(p[2] for p in points) > 0:
+        ax.set_yscale("log")
     ax.grid(alpha=0.3, which="both")
     if points:
         ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)
     return fig
 
 
-def pareto_front(points: Sequence[tuple[float, float]]) -> list[tuple[float, float]]:
-    """Points not dominated by another with smaller-or-equal ``x`` and larger ``y``, by ``x``."""
+def pareto_front(points: Sequence[tuple[float, float]], *, higher_is_better: bool = True
+                 ) -> list[tuple[float, float]]:
+    """Points not dominated by another with smaller-or-equal ``x`` and larger ``y`` (smaller ``y`` when
+    not ``higher_is_better``), by ``x``."""
+    sign = 1.0 if higher_is_better else -1.0
     front: list[tuple[float, float]] = []
-    for x, y in sorted(points, key=lambda p: (p[0], -p[1])):
-        if not front or y > front[-1][1]:
+    for x, y in sorted(points, key=lambda p: (p[0], -sign * p[1])):
+        if not front or sign * y > sign * front[-1][1]:
             front.append((x, y))
     return front
 

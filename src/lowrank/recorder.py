@@ -33,6 +33,8 @@ __all__ = ["Recorder", "RunLock", "RunLockedError", "lock_holder", "LOCK_NAME", 
 
 #: The lock file in a run folder: held with ``flock`` while a process trains (or deletes) the run.
 LOCK_NAME = ".lock"
+SCATTER_POINTS = 5000
+"""Regression runs keep the first this many test targets and predictions in their summary (``scatter``)."""
 
 
 class RunLock:
@@ -282,7 +284,7 @@ def summarize(model: nn.Module, stepper: Any, data: Splits, loss: str,
     from .accounting import count, hidden_weights
 
     classification = data.num_classes > 0
-    test = evaluate(model, data.test, loss, return_predictions=classification)
+    test = evaluate(model, data.test, loss, return_predictions=True)
     device = next(model.parameters()).device
     acct = count(model, optimizer=getattr(stepper, "optimizer", None), sample=data.test.x[:1].to(device))
     summary: dict[str, Any] = {
@@ -297,6 +299,11 @@ def summarize(model: nn.Module, stepper: Any, data: Splits, loss: str,
         "ranks": {name: getattr(m, "rank") for name, m in model.named_modules()
                   if hasattr(m, "rank") and not isinstance(m, nn.Linear)},
     }
+    if not classification:
+        n = min(len(data.test), SCATTER_POINTS)
+        summary["scatter"] = {"true": data.test.y[:n].tolist(), "predicted": test["predictions"][:n].tolist()}
+        if data.target_scaled:
+            summary["target_scale"] = {"mean": data.target_mean, "std": data.target_std}
     if classification:
         k = data.num_classes
         m = (data.test.y.cpu() * k + test["predictions"].cpu()).bincount(minlength=k * k).reshape(k, k)

@@ -213,20 +213,25 @@ def _hidden(s: dict[str, Any]) -> tuple[float | None, float | None]:
 
 def results_table(runs: Sequence[RunData]) -> Table:
     """One row per run: the figures of the report's headline table."""
-    cols = ["run", "method", "status", "epochs", "test accuracy", "test loss", "hidden weights kept",
+    regression = any((r.summary or {}).get("test_mae") is not None for r in runs)
+    classes = any((r.summary or {}).get("test_acc") is not None for r in runs)
+    scores = (["test accuracy"] if classes or not regression else []) + (
+        ["test MAE", "test RMSE", "test R^2"] if regression else [])
+    cols = ["run", "method", "status", "epochs", *scores, "test loss", "hidden weights kept",
             "parameters", "FLOPs/sample", "epoch time", "total time", "peak memory"]
     rows = []
     for r in runs:
         s = r.summary or {}
         ratio, hcount = _hidden(s)
+        score = ([_pct(s.get("test_acc"))] if "test accuracy" in scores else []) + (
+            [_num(s.get("test_mae")), _num(s.get("test_rmse")), _num(s.get("test_r2"))] if regression else [])
         rows.append([
-            r.label, r.method, r.status, str(s.get("epochs", len(r.epochs))),
-            _pct(s.get("test_acc")), _num(s.get("test_loss")),
+            r.label, r.method, r.status, str(s.get("epochs", len(r.epochs))), *score, _num(s.get("test_loss")),
             "–" if ratio is None else f"{100 * ratio:.1f}% ({_count(hcount)})",
             _count(_acct(s, "inference_count")), _count(_acct(s, "flops_per_sample")),
             _secs(s.get("epoch_time")), _secs(s.get("train_time")), _mib(s.get("peak_mem")),
         ])
-    return Table(cols, rows, numeric={3, 4, 5, 6, 7, 8, 9, 10, 11})
+    return Table(cols, rows, numeric=set(range(3, len(cols))))
 
 
 # -- sections -----------------------------------------------------------------------------------------
@@ -243,11 +248,13 @@ def register_section(builder: SectionBuilder) -> SectionBuilder:
 def _results_section(runs: list[RunData]) -> Section:
     notes = []
     for r in runs:
+        notes += [str(n) for n in (r.summary or {}).get("notes", [])]
         if r.status != "finished":
             notes.append(f"{r.label} (run {r.id}) is {r.status}: its figures are those of the epochs it completed.")
     return Section(
         "Results",
-        paragraphs=["Test accuracy and loss after the last epoch (after any end-of-training step such as "
+        paragraphs=["Test accuracy (regression: MAE, RMSE and R^2, in the target's units) and loss after the "
+                    "last epoch (after any end-of-training step such as "
                     "energy pruning). Hidden weights kept: weights of every layer but the output layer, "
                     "relative to the dense network. Parameters: weights needed at inference. FLOPs: "
                     "multiply-adds of the linear layers per sample. Epoch time: mean wall time of a "
@@ -286,6 +293,17 @@ def _confusion_section(runs: list[RunData]) -> Section | None:
         caption="Row-normalized: each row is a true class, each cell the % of it predicted as the column.")])
 
 
+def _scatter_section(runs: list[RunData]) -> Section | None:
+    panels = [(r.label, r.summary["scatter"]["true"], r.summary["scatter"]["predicted"])
+              for r in runs if r.summary and isinstance(r.summary.get("scatter"), dict)]
+    if not panels:
+        return None
+    return Section("Predicted against true", images=[Image(
+        "predicted_vs_true", plots.to_png(plots.predicted_vs_true(panels)),
+        alt="predicted against true target of every test sample, one panel per run",
+        caption="Test set (up to the first 5,000 samples); the dashed line is a perfect prediction.")])
+
+
 def _rank_section(runs: list[RunData]) -> Section | None:
     panels = []
     for r in runs:
@@ -308,30 +326,37 @@ def _rank_section(runs: list[RunData]) -> Section | None:
 
 
 def _pareto_section(runs: list[RunData]) -> Section | None:
+    # classification: accuracy (%), higher is better; regression: MAE (log scale), lower is better
+    by_acc = any((r.summary or {}).get("test_acc") is not None for r in runs)
+    key, scale, name = ("test_acc", 100.0, "test accuracy (%)") if by_acc else ("test_mae", 1.0,
+                                                                              "test MAE (log scale)")
+    what = "Accuracy" if by_acc else "MAE"
+    style = {} if by_acc else {"higher_is_better": False, "log_y": True}
     pts_params, pts_flops = [], []
     for r in runs:
         s = r.summary or {}
-        acc = s.get("test_acc")
+        acc = s.get(key)
         if acc is None:
             continue
         params, flops = _acct(s, "inference_count"), _acct(s, "flops_per_sample")
         if params:
-            pts_params.append((r.label, float(params), 100 * acc))
+            pts_params.append((r.label, float(params), scale * acc))
         if flops:
-            pts_flops.append((r.label, float(flops), 100 * acc))
+            pts_flops.append((r.label, float(flops), scale * acc))
     if len(pts_params) < 2:
         return None
     images = [Image("pareto_params", plots.to_png(plots.pareto(
-        pts_params, xlabel="parameters at inference (log scale)", ylabel="test accuracy (%)",
-        title="Accuracy against parameters")), alt="test accuracy against number of parameters")]
+        pts_params, xlabel="parameters at inference (log scale)", ylabel=name,
+        title=f"{what} against parameters", **style)), alt=f"{name} against number of parameters")]
     if len(pts_flops) >= 2:
         images.append(Image("pareto_flops", plots.to_png(plots.pareto(
-            pts_flops, xlabel="FLOPs per sample (log scale)", ylabel="test accuracy (%)",
-            title="Accuracy against FLOPs")), alt="test accuracy against FLOPs per sample"))
-    front = plots.pareto_front([(x, y) for _, x, y in pts_params])
+            pts_flops, xlabel="FLOPs per sample (log scale)", ylabel=name,
+            title=f"{what} against FLOPs", **style)), alt=f"{name} against FLOPs per sample"))
+    front = plots.pareto_front([(x, y) for _, x, y in pts_params], higher_is_better=by_acc)
     on_front = [label for label, x, y in pts_params if (x, y) in front]
-    return Section("Accuracy against parameters (Pareto view)", images=images,
-                   notes=[f"On the front (no other run is both smaller and more accurate): {', '.join(on_front)}."])
+    better = "more accurate" if by_acc else "of lower MAE"
+    return Section(f"{what} against parameters (Pareto view)", images=images,
+                   notes=[f"On the front (no other run is both smaller and {better}): {', '.join(on_front)}."])
 
 
 @register_section
@@ -395,7 +420,8 @@ def build_report(runs: list[RunData], *, title: str, subtitle: str = "",
         raise LowRankError("no runs to report on: check the run ids or the query (`lowrank runs` lists runs)")
     sections = [_results_section(runs)]
     sections[0].notes.extend(notes)
-    for build in (_curves_section, _confusion_section, _rank_section, _pareto_section, *_BUILDERS):
+    for build in (_curves_section, _confusion_section, _scatter_section, _rank_section, _pareto_section,
+                  *_BUILDERS):
         sec = build(runs)
         if sec is not None:
             sections.append(sec)

@@ -64,8 +64,14 @@ def build_dense_model(cfg: TrainConfig, sample_shape: tuple[int, ...], num_outpu
 
 
 def build_model(cfg: TrainConfig, data: Splits) -> nn.Module:
-    """The dense model of ``cfg`` for ``data``, turned into the method's form."""
-    return apply_method(build_dense_model(cfg, tuple(data.sample_shape), data.num_classes or 1), cfg)
+    """The dense model of ``cfg`` for ``data``, turned into the method's form (and, for standardized
+    regression targets, followed by their :class:`~lowrank.target_scale.TargetScale`)."""
+    model = apply_method(build_dense_model(cfg, tuple(data.sample_shape), data.num_classes or 1), cfg)
+    if data.target_scaled:
+        from .target_scale import with_target_scale
+
+        model = with_target_scale(model, data.target_mean, data.target_std)
+    return model
 
 
 def apply_method(model: nn.Module, cfg: TrainConfig) -> nn.Module:

@@ -7,12 +7,14 @@ from dataclasses import dataclass
 from ..errors import ConfigError
 from ..field_types import check_field_types
 
-__all__ = ["DataConfig", "TASKS", "IMAGE_MODES"]
+__all__ = ["DataConfig", "TASKS", "IMAGE_MODES", "TRACE_SCALINGS"]
 
 TASKS = ("auto", "classification", "regression")
 """Values of :attr:`DataConfig.task`."""
 IMAGE_MODES = ("auto", "L", "RGB")
 """Values of :attr:`DataConfig.image_mode`."""
+TRACE_SCALINGS = ("none", "amplitude")
+"""Values of :attr:`DataConfig.trace_scaling`."""
 
 
 @dataclass
@@ -43,6 +45,16 @@ class DataConfig:
     """Image folders: L (grey), RGB, or auto (L if every image is single-channel, else RGB)."""
     image_size: int | None = None
     """Image folders: resize every image to NxN (default: keep sizes, which must then all be equal)."""
+    trace_pairs: int = 14000
+    """Stopped-flow datasets: (time, volts) pairs per trace after X_start, zero-padded or truncated (inputs: 2x)."""
+    trace_stride: int = 1
+    """Stopped-flow datasets: down-sampling, keep every Nth row after X_start (1: every row)."""
+    trace_scaling: str = "none"
+    """Stopped-flow datasets: none (raw volts, as the thesis), or amplitude: each trace's volts as
+    (v - end) / (start - end), so every decay runs from about 1 to 0."""
+    normalize_target: bool = False
+    """Regression: train on targets standardized by the training split's mean and std; the model maps its
+    outputs back, so predictions, losses and metrics stay in the target's units."""
 
     def __post_init__(self) -> None:
         self.validate()
@@ -56,6 +68,14 @@ class DataConfig:
             raise ConfigError(f"val_fraction must be in [0, 1), got {self.val_fraction}")
         if not 0.0 < self.test_fraction < 1.0:
             raise ConfigError(f"test_fraction must be in (0, 1), got {self.test_fraction}")
+        for name in ("trace_pairs", "trace_stride"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, int) or v <= 0:
+                raise ConfigError(f"{name} must be a positive integer, got {v!r}")
+        if self.trace_scaling not in TRACE_SCALINGS:
+            raise ConfigError(f"trace_scaling {self.trace_scaling!r} is not one of {', '.join(TRACE_SCALINGS)}")
+        if not isinstance(self.normalize_target, bool):
+            raise ConfigError(f"normalize_target must be true or false, got {self.normalize_target!r}")
         for name in ("train_size", "test_size", "image_size"):
             v = getattr(self, name)
             if v is not None and (not isinstance(v, int) or isinstance(v, bool) or v <= 0):

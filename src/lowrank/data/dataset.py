@@ -89,6 +89,15 @@ class Splits:
     were renumbered to 0..K-1); None when the labels were 0..K-1 already, or for regression."""
     input_scale: float = 255.0
     """Raw inputs were divided by this before ``mean`` was subtracted: 255 for 8-bit (uint8) data, else 1."""
+    target_mean: float = 0.0
+    """Regression with ``normalize_target``: the training targets' mean (the model adds it to its output)."""
+    target_std: float = 1.0
+    """Regression with ``normalize_target``: the training targets' std (the model's output is scaled by it)."""
+
+    @property
+    def target_scaled(self) -> bool:
+        """True when the model must map its outputs by ``target_mean`` and ``target_std``."""
+        return self.target_mean != 0.0 or self.target_std != 1.0
 
     def __post_init__(self) -> None:
         if not self.sample_shape:

@@ -16,7 +16,10 @@ mean the same thing for all of them:
    (uint8) inputs are divided by 255. With ``normalize`` they then have the
    training split's mean subtracted and are divided by its std: one pair of
    numbers over all pixels for 8-bit data, one pair per feature otherwise (a
-   constant feature keeps std 1). Regression targets are never normalized.
+   constant feature keeps std 1). Regression targets are never changed; with
+   ``normalize_target`` the training targets' mean and std are recorded in
+   ``Splits.target_mean`` / ``target_std`` and the model maps its outputs
+   through them (:mod:`lowrank.target_scale`).
 
 Within each split the samples keep the order they have in the source.
 """
@@ -195,6 +198,16 @@ def build_splits(data: Prepared, cfg: DataConfig, seed: int = 0) -> Splits:
         else:
             mean, std = feature_moments(xtr)
     classify = data.num_classes > 0
+    target_mean, target_std = 0.0, 1.0
+    if cfg.normalize_target:
+        if classify:
+            raise ConfigError(f"{data.name}: normalize_target standardizes regression targets, but the data has "
+                              f"{data.num_classes} classes; leave it off (or use task regression)")
+        yt = np.asarray(ytr, dtype=np.float64)
+        target_mean = float(yt.mean()) if len(yt) else 0.0
+        target_std = float(yt.std()) if len(yt) else 1.0
+        if not target_std > 0:
+            target_std = 1.0
     train = ArrayDataset(_tensor(xtr, None, scale, mean, std), _targets(ytr, classify))
     val = None
     if val_idx is not None:
@@ -203,4 +216,5 @@ def build_splits(data: Prepared, cfg: DataConfig, seed: int = 0) -> Splits:
     test = ArrayDataset(_tensor(x_test, test_rows, scale, mean, std), _targets(yte, classify))
     return Splits(train=train, test=test, val=val, name=data.name, num_classes=data.num_classes,
                   input_dim=train.input_dim, sources=list(data.sources), mean=mean, std=std,
-                  sample_shape=data.sample_shape, classes=data.classes, input_scale=scale)
+                  sample_shape=data.sample_shape, classes=data.classes, input_scale=scale,
+                  target_mean=target_mean, target_std=target_std)

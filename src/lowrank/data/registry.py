@@ -39,6 +39,7 @@ from .hoda import read_hoda
 from .idx import read_idx
 from .mnist_csv import read_mnist_csv
 from .prepare import Prepared, build_splits
+from .stopped_flow import is_stopped_flow, load_stopped_flow
 
 __all__ = ["DatasetSpec", "DatasetInfo", "RawData", "DATASETS", "register", "search_places",
            "find_dataset", "list_datasets", "load_raw", "load_dataset"]
@@ -391,9 +392,10 @@ def _prepare_registered(cfg: DataConfig, use_cache: bool) -> Prepared:
 def load_dataset(cfg: DataConfig, seed: int = 0, *, use_cache: bool = True) -> Splits:
     """Load the dataset ``cfg`` names as float32 (N, D) tensors in [0, 1] (or standardized).
 
-    ``cfg.dataset`` is a registered name (see :data:`DATASETS`) or the path of
+    ``cfg.dataset`` is a registered name (see :data:`DATASETS`), the path of
     a ``.npz`` file, a ``.csv`` / ``.csv.gz`` file or an image folder (see
-    :mod:`lowrank.data.files` for the formats). Then, for every kind of data
+    :mod:`lowrank.data.files` for the formats), or ``stopped-flow:PATH``
+    (:mod:`lowrank.data.stopped_flow`, split by experiment folder). Then, for every kind of data
     (details in :mod:`lowrank.data.prepare`):
 
     - data without a test split of its own: ``test_fraction`` of it, chosen at
@@ -417,6 +419,8 @@ def load_dataset(cfg: DataConfig, seed: int = 0, *, use_cache: bool = True) -> S
     cfg.validate()
     if cfg.dataset in DATASETS:
         prepared = _prepare_registered(cfg, use_cache)
+    elif is_stopped_flow(cfg.dataset):
+        prepared = load_stopped_flow(cfg, seed, use_cache=use_cache)
     else:
         path = dataset_path(cfg.dataset, cfg.data_dir)
         if path is None:
