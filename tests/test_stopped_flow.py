@@ -355,7 +355,7 @@ method = { method = "vanilla", rank = 2 }
     (cfg_dir / "escape.toml").write_text('[base.data]\ndataset = "stopped-flow:../elsewhere"\n[[runs]]\nlabel = "x"\n')
     work = tmp_path / "work"
     work.mkdir()
-    with pytest.raises(ConfigError, match=r"escape.toml: dataset 'stopped-flow:../elsewhere' leads out"):
+    with pytest.raises(ConfigError, match=r"data.dataset = 'stopped-flow:../elsewhere' in \[base\] of .*escape.toml leads out"):
         load_experiment(cfg_dir / "escape.toml")
     exp = load_experiment(cfg_dir / "sf.toml")
     assert exp.baselines == ["curve-fit"]
