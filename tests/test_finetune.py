@@ -13,7 +13,7 @@ import torch
 
 from cli_checks import one_line_error
 from lowrank.config import DataConfig, TrainConfig
-from lowrank.data import augment_images
+from lowrank.data import Augmentation, augment_images
 from lowrank.errors import CheckpointError, ConfigError
 from lowrank.finetune import FinetuneConfig, plan_finetune, run_finetune
 from lowrank.lora_rank import choose_lora_rank
@@ -95,6 +95,8 @@ def test_augmentation_moves_images_by_at_most_the_shift_and_is_seeded():
     assert augment_images(x, (1, 28, 28), 0.0, 0.0, torch.Generator()) is x
     with pytest.raises(ConfigError, match="augment_rotate"):
         DataConfig(augment_rotate=200)
+    with pytest.raises(ConfigError, match="need image data"):
+        Augmentation(shift=1).check((10,), "table.csv")
 
 
 def test_lora_finetune_freezes_the_base_and_trains_adapters_and_new_head(pretrained, tmp_path):

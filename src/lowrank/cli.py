@@ -223,7 +223,8 @@ def _print_epoch(epoch: int, row: dict[str, Any]) -> None:
     acc = row.get("test_acc")
     ranks = row.get("ranks")
     rank_txt = (" ranks " + ",".join(str(r["rank"]) for r in ranks.values())) if ranks else ""
-    print(f"epoch {epoch + 1}: train loss {row['train_loss']:.4f}"
+    val = row.get("val_acc")
+    print(f"epoch {epoch + 1}: train loss {row['train_loss']:.4f}" + (f" val acc {val:.4f}" if val is not None else "")
           + (f" test acc {acc:.4f}" if acc is not None else f" test loss {row['test_loss']:.4f}")
           + f" ({row['epoch_time']:.2f} s){rank_txt}", flush=True)
 

@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import json
 import math
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -40,6 +41,7 @@ from .errors import ConfigError
 from .lora_rank import DEFAULT_TOLERANCE, LoRARankChoice, choose_lora_rank
 from .pretrained import Pretrained, read_pretrained
 from .store import Store
+from .train import Callback, Loop
 
 __all__ = ["FinetuneConfig", "FinetuneRow", "FinetunePlan", "FinetuneResult", "FINETUNE_KINDS", "plan_finetune",
            "run_finetune", "choose_from_rows", "group_rows"]
@@ -201,6 +203,25 @@ def plan_finetune(cfg: FinetuneConfig) -> FinetunePlan:
     return FinetunePlan(cfg, pre, data, cfg.group or _default_group(pre, cfg.dataset), rows)
 
 
+class TrainingCpuTime(Callback):
+    """CPU seconds this process spent in the training steps (evaluation after each epoch left out):
+    unlike wall time, other processes on a shared machine hardly change it."""
+
+    def __init__(self) -> None:
+        self.seconds = 0.0
+        self._start = self._last = 0.0
+
+    def on_fit_start(self, loop: Loop) -> None:
+        self._start = self._last = time.process_time()
+
+    def on_step_end(self, loop: Loop) -> None:
+        self._last = time.process_time()
+
+    def on_epoch_end(self, loop: Loop, row: dict[str, Any]) -> None:
+        self.seconds += self._last - self._start
+        self._start = self._last = time.process_time()
+
+
 @dataclass(frozen=True)
 class FinetuneRow:
     """The measured figures of one row (also stored as its run's ``summary["finetune"]``)."""
@@ -215,6 +236,10 @@ class FinetuneRow:
     train_time: float
     """Seconds of training (sum of the epochs' step loops; evaluation not included)."""
     epoch_time: float
+    fastest_epoch: float
+    """Wall seconds of the fastest epoch (the least disturbed by other work on the machine)."""
+    cpu_time: float
+    """CPU seconds of this process in the training steps (see :class:`TrainingCpuTime`)."""
     memory: dict[str, int]
     """Exact training-state bytes (:class:`~lowrank.train_memory.TrainingMemory`)."""
     peak_rss: float
@@ -227,12 +252,14 @@ class FinetuneRow:
     def to_dict(self) -> dict[str, Any]:
         return {"run_id": self.run_id, "kind": self.kind, "rank": self.rank, "test_acc": self.test_acc,
                 "val_acc": self.val_acc, "trainable": self.trainable, "train_time": self.train_time,
-                "epoch_time": self.epoch_time, "memory": dict(self.memory), "peak_rss": self.peak_rss}
+                "epoch_time": self.epoch_time, "fastest_epoch": self.fastest_epoch, "cpu_time": self.cpu_time,
+                "memory": dict(self.memory), "peak_rss": self.peak_rss}
 
     @classmethod
     def from_dict(cls, run_id: int, d: dict[str, Any]) -> "FinetuneRow":
         return cls(run_id, d["kind"], d.get("rank"), d["test_acc"], d.get("val_acc"), int(d["trainable"]),
-                   float(d["train_time"]), float(d["epoch_time"]), dict(d["memory"]), float(d.get("peak_rss") or 0))
+                   float(d["train_time"]), float(d["epoch_time"]), float(d.get("fastest_epoch") or d["epoch_time"]),
+                   float(d.get("cpu_time") or 0.0), dict(d["memory"]), float(d.get("peak_rss") or 0))
 
 
 @dataclass
@@ -272,11 +299,12 @@ def run_finetune(plan: FinetunePlan, *, store: Store, runs_dir: str | Path = "ru
         if on_start is not None:
             on_start(planned)
         rc = planned.config
+        cpu = TrainingCpuTime()
         result = train_run(rc, store=store, runs_dir=runs_dir, data=plan.data, sweep=plan.group,
-                           sweep_key=row_key(planned.kind, planned.rank))
+                           sweep_key=row_key(planned.kind, planned.rank), callbacks=[cpu])
         s = result.summary
         acct = s.get("accounting") or {}
-        x = plan.data.train.x[:rc.batch_size].to(rc.device)
+        x = plan.data.train.x[:rc.batch_size].clone().to(rc.device)
         y = plan.data.train.y[:rc.batch_size].to(rc.device)
         loss_fn = loss_function(resolve_loss(rc.loss, plan.data.num_classes))
         result.model.train()
@@ -285,7 +313,8 @@ def run_finetune(plan: FinetunePlan, *, store: Store, runs_dir: str | Path = "ru
         last = result.history[-1] if result.history else {}
         row = FinetuneRow(result.run_id, planned.kind, planned.rank, float(s["test_acc"]), last.get("val_acc"),
                           int(acct["trainable"]["count"]), float(s["train_time"]), float(s["epoch_time"]),
-                          mem.to_dict(), float(s.get("peak_mem") or 0.0))
+                          min(float(h["epoch_time"]) for h in result.history), cpu.seconds, mem.to_dict(),
+                          float(s.get("peak_mem") or 0.0))
         s["finetune"] = {**row.to_dict(), "group": plan.group, "source_checkpoint": str(plan.pretrained.path),
                          "source_dataset": plan.pretrained.config.data.dataset,
                          "pretrained_test_acc": pre_acc, "tolerance": plan.config.tolerance}

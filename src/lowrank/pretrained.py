@@ -69,7 +69,7 @@ def read_pretrained(path: str | Path) -> Pretrained:
     if not p.exists():
         raise CheckpointError(f"checkpoint {path} does not exist: give a run folder (runs/0001-dense-hoda) "
                               f"or its checkpoint.pt")
-    file = p / "checkpoint.pt" if p.is_dir() else p
+    file = (p / "checkpoint.pt" if p.is_dir() else p).resolve()  # absolute: runs resumed elsewhere find it
     ckpt = read_checkpoint(file)
     try:
         cfg = TrainConfig.from_dict(ckpt["config"])

@@ -150,8 +150,8 @@ class Callback:
 
 def fit(model: nn.Module, data: Splits | Any, stepper: Stepper, *, epochs: int, batch_size: int = 64,
         loss: str = "auto", seed: int = 0, noise: float = 0.0, augment: Augmentation | None = None,
-        schedule: str = "constant", callbacks: list[Callback] | tuple[Callback, ...] = (), state: LoopState | None = None,
-        device: str | torch.device | None = None) -> list[dict[str, Any]]:
+        schedule: str = "constant", callbacks: list[Callback] | tuple[Callback, ...] = (),
+        state: LoopState | None = None, device: str | torch.device | None = None) -> list[dict[str, Any]]:
     """Train ``model`` with ``stepper`` on ``data`` for ``epochs`` epochs; returns the history.
 
     Args:
