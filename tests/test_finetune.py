@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from cli_checks import one_line_error
-from lowrank.config import DataConfig, TrainConfig
+from lowrank.config import DataConfig, OptimConfig, TrainConfig
 from lowrank.data import Augmentation, augment_images
 from lowrank.errors import CheckpointError, ConfigError
 from lowrank.finetune import FinetuneConfig, plan_finetune, run_finetune
@@ -227,3 +227,27 @@ def test_cli_finetune_bad_input_is_one_line(pretrained, tmp_path, capsys):
         one_line_error(subprocess.CompletedProcess(args, code, out, err), *needles)
     assert not (tmp_path / "runs").exists()
     assert not (tmp_path / "x.db").exists() or not Store(tmp_path / "x.db").runs()
+
+
+def test_model_selection_survives_an_interrupted_and_resumed_run(tmp_path):
+    from lowrank.run import resume_run
+
+    store = Store(tmp_path / "db.sqlite")
+    cfg = TrainConfig(data=DataConfig(dataset="hoda", val_fraction=0.2, **SMALL), layers=[784, 16, 10], epochs=4,
+                      select_best=True, optim=OptimConfig(lr=0.1, schedule="constant"))  # a noisy val curve
+
+    def stop_after_three(epoch, row):
+        if epoch == 2:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        train_run(cfg, store=store, runs_dir=tmp_path / "runs", on_epoch=stop_after_three)
+    (run,) = store.runs()
+    assert run["status"] == "interrupted"
+    res = resume_run(run["id"], store=store)
+    vals = [h["val_acc"] for h in res.history]
+    assert len(vals) == 4
+    assert res.summary["selected_epoch"] == max(range(4), key=lambda i: (vals[i], -i))
+    assert res.summary["selected_epoch"] < 3     # here the best epoch came before the stop: restored from best.pt
+    assert res.summary["test_acc"] == pytest.approx(res.history[res.summary["selected_epoch"]]["test_acc"])
+    store.close()
