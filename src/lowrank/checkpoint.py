@@ -118,15 +118,23 @@ def _dense_state(path: str) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
     return state, payload.get("structure") or {}
 
 
-def load_dense_weights(model: nn.Module, path: str) -> nn.Module:
+def load_dense_weights(model: nn.Module, path: str, exclude: tuple[str, ...] = ()) -> nn.Module:
     """Load the dense weights stored at ``path`` (a lowrank run folder or checkpoint, whose low-rank
-    layers are merged back to dense, or a plain state_dict file) into the dense ``model``, in place."""
+    layers are merged back to dense, or a plain state_dict file) into the dense ``model``, in place.
+
+    ``exclude``: names of modules of ``model`` whose stored weights are not loaded (they keep
+    their values; their stored shapes may differ, e.g. an output layer for other classes)."""
     state, struct = _dense_state(path)
     if struct:
         # A low-rank checkpoint: rebuild its layers on a copy, load, merge back to dense.
         from .convert import merge
 
         state = merge(load_model(copy.deepcopy(model), {"model": state, "structure": struct})).state_dict()
+    if exclude:
+        own = model.state_dict()
+        skipped = [k for k in own if any(k.startswith(name + ".") for name in exclude)]
+        state = {**{k: v for k, v in state.items() if not any(k.startswith(n + ".") for n in exclude)},
+                 **{k: own[k] for k in skipped}}
     try:
         model.load_state_dict(state)
     except RuntimeError as e:

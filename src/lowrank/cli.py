@@ -223,7 +223,8 @@ def _print_epoch(epoch: int, row: dict[str, Any]) -> None:
     acc = row.get("test_acc")
     ranks = row.get("ranks")
     rank_txt = (" ranks " + ",".join(str(r["rank"]) for r in ranks.values())) if ranks else ""
-    print(f"epoch {epoch + 1}: train loss {row['train_loss']:.4f}"
+    val = row.get("val_acc")
+    print(f"epoch {epoch + 1}: train loss {row['train_loss']:.4f}" + (f" val acc {val:.4f}" if val is not None else "")
           + (f" test acc {acc:.4f}" if acc is not None else f" test loss {row['test_loss']:.4f}")
           + f" ({row['epoch_time']:.2f} s){rank_txt}", flush=True)
 
@@ -630,6 +631,35 @@ def cmd_sweep(ns: argparse.Namespace) -> int:
     return 0 if after.count("resume") == 0 else 1
 
 
+def cmd_finetune(ns: argparse.Namespace) -> int:
+    from .finetune import FinetuneConfig, plan_finetune, run_finetune
+    from .finetune_report import finetune_lines
+    from .report import select_runs, write_report
+
+    options = {k.split(".", 1)[1]: v for k, v in vars(ns).items() if k.startswith("finetune.") and v is not None}
+    plan = plan_finetune(FinetuneConfig(checkpoint=ns.checkpoint, **options))
+    store = _store(ns)
+    if not ns.json:
+        print(f"finetune {plan.group}: {len(plan.rows)} runs on {plan.data.name} from {plan.pretrained.path} "
+              f"({plan.config.epochs} epochs each) into {store.path}", flush=True)
+    result = run_finetune(plan, store=store, runs_dir=ns.runs_dir, on_start=None if ns.json else (
+        lambda row: print(f"  training {row.config.name} ...", flush=True)))
+    out_dir = Path(ns.out or Path("report") / plan.group.replace("/", "-"))
+    files = write_report(select_runs(store, [r.run_id for r in result.rows]), out_dir,
+                         title=f"Fine-tuning {plan.pretrained.config.data.dataset} -> {plan.data.name}",
+                         subtitle=f"group {plan.group}, checkpoint {plan.pretrained.path}")
+    if ns.json:
+        c = result.choice
+        print(json.dumps({"group": result.group, "pretrained_test_acc": result.pretrained_test_acc,
+                          "rows": [r.to_dict() for r in result.rows], "report": str(files.html),
+                          "choice": None if c is None else dataclasses.asdict(c)}, default=float))
+        return 0
+    for line in finetune_lines(result):
+        print(line)
+    print(f"report: {files.html}")
+    return 0
+
+
 # -- parser -------------------------------------------------------------------------------------
 
 class _Parser(argparse.ArgumentParser):
@@ -709,6 +739,15 @@ def build_parser() -> argparse.ArgumentParser:
     rp.add_argument("--out", default=None, help="report folder (default: report/custom)")
     rp.add_argument("--title", default="lowrank comparison", help="report heading")
     rp.set_defaults(func=cmd_report)
+
+    ft = add("finetune", help="fine-tune a pretrained dense checkpoint on another dataset: LoRA ranks, full, scratch")
+    ft.add_argument("checkpoint", help="pretrained dense model: a run folder or its checkpoint.pt")
+    ft.add_argument("--runs-dir", default="runs", help="folder for run folders (default: runs)")
+    ft.add_argument("--out", default=None, help="report folder (default: report/<group>)")
+    ft.add_argument("--json", action="store_true", help="print machine-readable results")
+    from .finetune import FinetuneConfig
+    _add_fields(ft.add_argument_group("finetune"), FinetuneConfig, "finetune", {"checkpoint"}, {})
+    ft.set_defaults(func=cmd_finetune)
 
     sw = add("sweep", help="run a test matrix (resumable, parallel) and write its summary report")
     sw.add_argument("matrix", help="matrix TOML file (see configs/sweep-small.toml)")

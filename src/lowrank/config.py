@@ -91,6 +91,8 @@ class TrainConfig:
     """Seeds torch, numpy and the data shuffle."""
     device: str = "cpu"
     """Torch device (cpu, cuda, cuda:1)."""
+    select_best: bool = False
+    """Model selection: end with the weights of the epoch of best validation accuracy (needs --val-fraction > 0)."""
     name: str | None = None
     """Optional human label for the run."""
 
@@ -118,6 +120,11 @@ class TrainConfig:
         if not isinstance(self.model, str) or (self.model not in MODELS and ":" not in self.model):
             raise ConfigError(f"model {self.model!r} is not one of {', '.join(MODELS)} or package.module:factory")
         _check_device(self.device)
+        if not isinstance(self.select_best, bool):
+            raise ConfigError(f"select_best must be true or false, got {self.select_best!r}")
+        if self.select_best and self.data.val_fraction <= 0:
+            raise ConfigError("select_best picks the epoch of best validation accuracy, so it needs a validation "
+                              "split: give --val-fraction (e.g. 0.1)")
 
     def to_dict(self) -> dict[str, Any]:
         d = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}

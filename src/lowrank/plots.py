@@ -20,8 +20,8 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.text import Text
 
-__all__ = ["Series", "to_png", "curves", "confusion_grid", "rank_evolution", "pareto", "xy_lines",
-           "heatmap", "palette", "predicted_vs_true"]
+__all__ = ["Series", "Panel", "rank_panels", "to_png", "curves", "confusion_grid", "rank_evolution", "pareto",
+           "xy_lines", "heatmap", "palette", "predicted_vs_true"]
 
 DPI = 100
 MARKERS = ["o", "s", "^", "D", "v", "P", "X", "*", "h", "<", ">", "p"]
@@ -263,3 +263,39 @@ def _integer_ticks(ax, y: bool = False) -> None:
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     if y:
         ax.yaxis.set_major_locator(MaxNLocator(integer=True))
+
+
+@dataclass
+class Panel:
+    """One panel of :func:`rank_panels`: lines against the rank and labelled horizontal references."""
+
+    ylabel: str
+    series: Sequence[Series]
+    references: Sequence[tuple[str, float]] = ()
+    """``(label, y)``: a dashed horizontal line across the panel (e.g. full fine-tuning)."""
+    log_y: bool = False
+
+
+def rank_panels(panels: Sequence[Panel], *, xlabel: str, title: str, ncols: int = 2) -> Figure:
+    """Panels sharing a log-2 rank axis (LoRA accuracy, parameters, time, memory against rank),
+    each with its references as dashed horizontal lines."""
+    fig, axes = _panels(len(panels), ncols, (4.6, 3.3))
+    refs = sorted({label for p in panels for label, _ in p.references})
+    ref_colour = dict(zip(refs, ["#444444", "#b04a1a", "#1a7ab0", "#7a1ab0"]))
+    for ax, p in zip(axes, panels):
+        for colour, s in zip(palette(len(p.series)), p.series):
+            x, y = _clean(s.x, s.y)
+            ax.plot(x, y, marker="o", markersize=4, color=colour, label=s.label, **s.style)
+            if x:
+                ax.set_xscale("log", base=2)
+                ax.set_xticks(x, [str(int(v)) for v in x])
+        for label, y in p.references:
+            ax.axhline(y, linestyle="--", linewidth=1.2, color=ref_colour.get(label, "#444444"), label=label)
+        if p.log_y:
+            ax.set_yscale("log")
+        ax.set_xlabel(xlabel)
+        ax.set_ylabel(p.ylabel)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    fig.suptitle(title)
+    return fig

@@ -200,6 +200,8 @@ class Recorder(Callback):
 
     def on_fit_end(self, loop: Loop) -> None:
         self.summary = summarize(loop.model, loop.stepper, loop.data, loop.loss, loop.state.history)
+        if loop.selected_epoch is not None:
+            self.summary["selected_epoch"] = loop.selected_epoch
         self.save(loop)
         (self.run_dir / "summary.json").write_text(json.dumps(self.summary, indent=2, default=float))
         self._set_status("finished", self.summary)

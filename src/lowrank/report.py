@@ -10,8 +10,10 @@ Two are built in:
 - *accuracy against k* (post-training SVD compression): drawn from any run whose
   summary holds ``"compression": [{"k": int, "test_acc": float,
   "retrained_acc": float | None}, ...]``;
-- *LoRA rank curves*: test accuracy against the adapter rank, when the runs contain
-  LoRA runs of at least two ranks on the same dataset.
+- *LoRA rank curves*: for the rows of ``lowrank finetune`` (summary key ``finetune``),
+  accuracy, trainable parameters, time and memory against the LoRA rank with full
+  fine-tuning and scratch as references; otherwise test accuracy against the adapter
+  rank, when the runs contain LoRA runs of at least two ranks on the same dataset.
 """
 
 from __future__ import annotations
@@ -382,21 +384,12 @@ def compression_section(runs: list[RunData]) -> Section | None:
 
 @register_section
 def lora_section(runs: list[RunData]) -> Section | None:
-    """Test accuracy against LoRA rank, per dataset, when LoRA runs of two or more ranks are present."""
-    by_ds: dict[str, dict[int, float]] = defaultdict(dict)
-    for r in runs:
-        acc = (r.summary or {}).get("test_acc")
-        rank = _get(r.config, "method", "rank")
-        if r.method == "lora" and acc is not None and rank:
-            by_ds[r.dataset][int(rank)] = max(acc, by_ds[r.dataset].get(int(rank), 0.0))
-    series = [plots.Series(ds, sorted(pts), _scale([pts[k] for k in sorted(pts)]))
-              for ds, pts in by_ds.items() if len(pts) >= 2]
-    if not series:
-        return None
-    return Section("LoRA rank curves", images=[Image(
-        "lora_rank", plots.to_png(plots.xy_lines(series, xlabel="LoRA rank r", ylabel="test accuracy (%)",
-                                                 title="Fine-tuning accuracy against adapter rank", log_x=True)),
-        alt="test accuracy against LoRA rank")])
+    """LoRA rank curves: the fine-tuning groups of ``lowrank finetune`` (accuracy, trainable parameters,
+    time and memory against rank, full fine-tuning and scratch as references; see
+    :mod:`lowrank.finetune_report`), else test accuracy against the rank of plain LoRA runs."""
+    from .finetune_report import lora_section as build
+
+    return build(runs)
 
 
 def _loss_name(runs: list[RunData]) -> str:

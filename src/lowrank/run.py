@@ -22,13 +22,14 @@ from torch import nn
 
 from .checkpoint import check_optimizer_state, load_model, read_checkpoint
 from .config import TrainConfig
-from .data import Splits, load_dataset
+from .data import Augmentation, Splits, load_dataset
 from .errors import CheckpointError, ConfigError, RunLockedError, TrainingDivergedError
 from .losses import resolve_loss
 from .models import MODELS
 from .models import build_model as build_base_model
 from .recorder import LOCK_NAME, OnEpoch, ProgressBar, Recorder, RunLock, TensorBoardWriter
 from .registry import get_method
+from .selection import BEST_NAME, BestValidation
 from .stepper import Stepper
 from .store import Store
 from .train import Callback, LoopState, fit
@@ -158,8 +159,15 @@ def _resumable(store: Store, run_id: int) -> dict[str, Any]:
     return row
 
 
+def _augmentation(cfg: TrainConfig) -> Augmentation:
+    return Augmentation(cfg.data.augment_shift, cfg.data.augment_rotate)
+
+
 def _prepare(cfg: TrainConfig, data: Splits, ckpt: dict[str, Any] | None) -> tuple[nn.Module, Stepper, int]:
     resolve_loss(cfg.loss, data.num_classes)  # a loss that does not fit the targets: refused before any write
+    _augmentation(cfg).check(tuple(data.sample_shape), data.name)
+    if cfg.select_best and data.val is None:
+        raise ConfigError("select_best keeps the epoch of best validation accuracy: give --val-fraction > 0")
     model = build_model(cfg, data)
     if ckpt is not None:
         load_model(model, ckpt)
@@ -177,7 +185,10 @@ def _train(cfg: TrainConfig, run_id: int, run_dir: Path, store: Store, data: Spl
            tensorboard: str | Path | None, extra: list[Callback] | tuple[Callback, ...],
            lock: RunLock | None = None) -> RunResult:
     recorder = Recorder(store, run_id, run_dir, cfg, lock)
-    callbacks: list[Callback] = [recorder]
+    # Model selection first: at the end it puts the best epoch's weights back before the
+    # recorder summarizes and writes the final checkpoint.
+    callbacks: list[Callback] = [BestValidation(run_dir, cfg)] if cfg.select_best else []
+    callbacks.append(recorder)
     if progress:
         callbacks.append(ProgressBar())
     if on_epoch is not None:
@@ -187,7 +198,8 @@ def _train(cfg: TrainConfig, run_id: int, run_dir: Path, store: Store, data: Spl
     callbacks += list(extra)
     try:
         history = fit(model, data, stepper, epochs=cfg.epochs, batch_size=cfg.batch_size, loss=cfg.loss,
-                      seed=cfg.seed, noise=cfg.data.noise, schedule=cfg.optim.schedule, callbacks=callbacks,
+                      seed=cfg.seed, noise=cfg.data.noise, augment=_augmentation(cfg),
+                      schedule=cfg.optim.schedule, callbacks=callbacks,
                       state=state, device=cfg.device)
     except TrainingDivergedError as e:
         # The loop does not know where its checkpoints go; say here which one is left.
@@ -229,7 +241,7 @@ def _new_run_dir(runs_dir: Path, name: str) -> Path:
 
 
 #: The files lowrank writes in a run folder (``.checkpoint.pt.*.tmp``: a checkpoint write cut short).
-RUN_FILES = ("config.json", "metrics.jsonl", "summary.json", "checkpoint.pt", LOCK_NAME)
+RUN_FILES = ("config.json", "metrics.jsonl", "summary.json", "checkpoint.pt", BEST_NAME, LOCK_NAME)
 
 
 def _is_run_file(name: str) -> bool:

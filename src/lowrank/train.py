@@ -26,7 +26,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from .data import ArrayDataset, Splits, as_splits
+from .data import ArrayDataset, Augmentation, Splits, as_splits
 from .errors import ConfigError, TrainingDivergedError
 from .losses import is_regression, loss_function, resolve_loss
 from .memory import PeakMemory
@@ -110,6 +110,8 @@ class Loop:
     steps_per_epoch: int
     loss: str
     """The resolved loss name."""
+    selected_epoch: int | None = None
+    """Set by model selection when the model ends with an earlier epoch's weights (None: the last epoch's)."""
 
     @property
     def total_steps(self) -> int:
@@ -147,9 +149,9 @@ class Callback:
 
 
 def fit(model: nn.Module, data: Splits | Any, stepper: Stepper, *, epochs: int, batch_size: int = 64,
-        loss: str = "auto", seed: int = 0, noise: float = 0.0, schedule: str = "constant",
-        callbacks: list[Callback] | tuple[Callback, ...] = (), state: LoopState | None = None,
-        device: str | torch.device | None = None) -> list[dict[str, Any]]:
+        loss: str = "auto", seed: int = 0, noise: float = 0.0, augment: Augmentation | None = None,
+        schedule: str = "constant", callbacks: list[Callback] | tuple[Callback, ...] = (),
+        state: LoopState | None = None, device: str | torch.device | None = None) -> list[dict[str, Any]]:
     """Train ``model`` with ``stepper`` on ``data`` for ``epochs`` epochs; returns the history.
 
     Args:
@@ -161,6 +163,7 @@ def fit(model: nn.Module, data: Splits | Any, stepper: Stepper, *, epochs: int, 
         loss: ``cross_entropy``, ``mse``, ``mae`` or ``auto`` (by the targets).
         seed: seeds each epoch's data order and the input noise.
         noise: std of Gaussian noise added to every training batch's inputs.
+        augment: random shifts / rotations of every training batch's images (before the noise).
         schedule: learning-rate schedule over the run (``constant``, ``cosine``).
         callbacks: hooks around the loop (recording, progress, TensorBoard ...).
         state: a position to continue from (a callback saved it); None starts afresh.
@@ -172,6 +175,10 @@ def fit(model: nn.Module, data: Splits | Any, stepper: Stepper, *, epochs: int, 
         data = as_splits(data, seed=seed)
     loss = resolve_loss(loss, data.num_classes)
     loss_fn = loss_function(loss)
+    if augment is not None and augment.active:
+        augment.check(tuple(data.sample_shape), data.name)
+    else:
+        augment = None
     if device is None:
         device = next(model.parameters()).device
     device = torch.device(device)
@@ -202,6 +209,9 @@ def fit(model: nn.Module, data: Splits | Any, stepper: Stepper, *, epochs: int, 
                         for b in range(state.batch, steps_per_epoch):
                             idx = perm[b * batch_size:(b + 1) * batch_size]
                             xb, yb = x_train[idx], y_train[idx]
+                            if augment is not None:
+                                xb = augment(xb, tuple(data.sample_shape),
+                                             gen.manual_seed(_seed(seed, state.epoch, b + 1, 1)))
                             if noise:
                                 z = torch.randn(xb.shape, generator=gen.manual_seed(_seed(seed, state.epoch, b + 1)))
                                 xb = xb + noise * z.to(device)

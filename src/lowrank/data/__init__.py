@@ -10,6 +10,7 @@ in memory (a torch ``Dataset`` or an ``(x, y)`` pair).
 
 from __future__ import annotations
 
+from .augment import Augmentation, augment_images
 from .cache import array_cache_dir, cache_root
 from .config import DataConfig
 from .csv_table import CsvTable, parse_csv_table, read_csv_table
@@ -38,5 +39,5 @@ __all__ = [
     "read_idx", "read_idx_images", "read_idx_labels", "parse_idx",
     "read_mnist_csv", "parse_mnist_csv",
     "read_hoda", "decode_hoda", "resize_to_square", "HodaHeader", "HodaRecords",
-    "read_bytes", "cache_root", "array_cache_dir",
+    "read_bytes", "cache_root", "array_cache_dir", "Augmentation", "augment_images",
 ]

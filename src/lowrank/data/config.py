@@ -31,6 +31,10 @@ class DataConfig:
     """Use only the first N test samples (for quick runs)."""
     noise: float = 0.0
     """Std of Gaussian noise added to normalized training inputs at every batch."""
+    augment_shift: float = 0.0
+    """Image data: shift each training image by a random (sub-pixel) offset of up to N pixels each way, every batch."""
+    augment_rotate: float = 0.0
+    """Image data: rotate each training image by a random angle of up to N degrees either way, every batch."""
     normalize: bool = True
     """Standardize inputs with the training split's mean and std (one pair for 8-bit images, else per feature)."""
     test_fraction: float = 0.2
@@ -76,6 +80,11 @@ class DataConfig:
             raise ConfigError(f"trace_scaling {self.trace_scaling!r} is not one of {', '.join(TRACE_SCALINGS)}")
         if not isinstance(self.normalize_target, bool):
             raise ConfigError(f"normalize_target must be true or false, got {self.normalize_target!r}")
+        for name, top in (("augment_shift", None), ("augment_rotate", 180.0)):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 <= v < float("inf") or (
+                    top is not None and v > top):
+                raise ConfigError(f"{name} must be a number >= 0{f' and <= {top:g}' if top else ''}, got {v!r}")
         for name in ("train_size", "test_size", "image_size"):
             v = getattr(self, name)
             if v is not None and (not isinstance(v, int) or isinstance(v, bool) or v <= 0):

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from torch import nn
 
-from ...checkpoint import load_dense_weights
 from ...convert import convert
+from ...errors import ConfigError
+from ...pretrained import output_layer, start_from
 from ...registry import Method, register_method
 from ...stepper import Stepper
 from .config import DEFAULT_RANK, LoRAConfig
@@ -26,10 +27,20 @@ def freeze_base(model: nn.Module) -> nn.Module:
 
 def prepare(model: nn.Module, cfg: LoRAConfig) -> nn.Module:
     """Optionally load ``base_checkpoint``, wrap the targeted Linears in :class:`LoRALinear` and
-    freeze everything else: only the adapters ``A``, ``B`` train."""
+    freeze everything else: only the adapters ``A``, ``B`` train, and with ``new_head`` the
+    (freshly initialized, not loaded) output layer too."""
+    head = output_layer(model)
     if cfg.base_checkpoint:
-        load_dense_weights(model, cfg.base_checkpoint)
-    return freeze_base(convert(model, cfg, inplace=True))
+        start_from(model, cfg.base_checkpoint, new_head=cfg.new_head)
+    model = freeze_base(convert(model, cfg, inplace=True))
+    if cfg.new_head:
+        layer = model.get_submodule(head)
+        if not isinstance(layer, (nn.Linear, nn.Conv2d)):
+            raise ConfigError(f"new_head trains the output layer {head} whole, so it cannot also get an adapter: "
+                              f"leave {head} out of --target")
+        for p in layer.parameters():
+            p.requires_grad_(True)
+    return model
 
 
 register_method(Method(

@@ -6,6 +6,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ...errors import ConfigError
+from ..dense import check_new_head
 from ...method_config import FactorizedConfig
 
 __all__ = ["LoRAConfig", "DEFAULT_RANK"]
@@ -20,9 +21,12 @@ class LoRAConfig(FactorizedConfig):
     """Scaling numerator; the adapter's update B A is scaled by lora_alpha / rank."""
     base_checkpoint: str | None = None
     """Dense checkpoint (a lowrank run folder or checkpoint, or a state_dict file) to start from."""
+    new_head: bool = False
+    """Transfer: do not load base_checkpoint's output layer; train the model's freshly initialized one."""
 
     def __post_init__(self) -> None:
         super().__post_init__()
+        check_new_head(self.new_head, self.base_checkpoint)
         if not isinstance(self.lora_alpha, (int, float)) or not self.lora_alpha > 0:
             raise ConfigError(f"lora_alpha must be positive, got {self.lora_alpha!r}")
 

@@ -1,0 +1,103 @@
+"""Training-step time of LoRA fine-tuning at each rank against full fine-tuning, in one run.
+
+The models are exactly those of ``lowrank finetune`` (784-256-128-10, the ``lora`` method
+with ``base_checkpoint`` + ``new_head`` at ranks 1-32: frozen base, adapters on the hidden
+layers, trainable new output layer; ``full``: the ``dense`` method with the same two
+options; Adam, batch 64), stepped on a fixed pool of random inputs (a step's cost does not
+depend on the values).
+
+Timing protocol (as ``bench_dlrt.py``): the rows are timed in interleaved rounds (round-robin,
+a block of steps each) and the 25th-percentile block is kept, so a load change on a shared
+machine hits every row alike; compare the ratios.
+
+    python benchmarks/bench_finetune_step.py [--threads N] [--rounds R] [--steps S] [--json out.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+from torch.nn import functional as F
+
+from lowrank.models import mlp
+from lowrank.registry import method_config
+from lowrank.config import OptimConfig, TrainConfig
+from lowrank.run import apply_method, build_stepper
+
+LAYERS = [784, 256, 128, 10]
+RANKS = [1, 2, 4, 8, 16, 32]
+
+
+def runners(base: Path, batch: int) -> dict[str, tuple[torch.nn.Module, object]]:
+    out = {}
+    rows = [(f"lora r{r}", method_config("lora", rank=r, base_checkpoint=str(base), new_head=True)) for r in RANKS]
+    rows.append(("full fine-tuning", method_config("dense", base_checkpoint=str(base), new_head=True)))
+    for name, method in rows:
+        cfg = TrainConfig(method=method, layers=list(LAYERS), batch_size=batch,
+                          optim=OptimConfig(optimizer="adam", schedule="constant"))
+        torch.manual_seed(0)
+        model = apply_method(mlp(LAYERS), cfg)
+        out[name] = (model, build_stepper(model, cfg, 0))
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--rounds", type=int, default=15)
+    ap.add_argument("--steps", type=int, default=100)
+    ap.add_argument("--batch", type=int, default=64)
+    ap.add_argument("--json", default=None)
+    a = ap.parse_args()
+    torch.set_num_threads(a.threads)
+    with tempfile.TemporaryDirectory() as d:
+        base = Path(d) / "base.pt"
+        torch.manual_seed(1)
+        torch.save(mlp(LAYERS).state_dict(), base)
+        rows = runners(base, a.batch)
+    g = torch.Generator().manual_seed(0)
+    x, y = torch.randn(4096, LAYERS[0], generator=g), torch.randint(0, LAYERS[-1], (4096,), generator=g)
+    blocks: dict[str, list[float]] = {name: [] for name in rows}
+    pos = 0
+
+    def run(name: str, steps: int) -> float:
+        nonlocal pos
+        _, stepper = rows[name]
+        t0 = time.perf_counter()
+        for _ in range(steps):
+            if pos + a.batch > len(x):
+                pos = 0
+            stepper.step(x[pos:pos + a.batch], y[pos:pos + a.batch], F.cross_entropy)
+            pos += a.batch
+        return (time.perf_counter() - t0) / steps
+
+    for name in rows:
+        run(name, 50)  # warm-up
+    for _ in range(a.rounds):
+        for name in rows:
+            blocks[name].append(run(name, a.steps))
+    per_step = {n: statistics.quantiles(b, n=4, method="inclusive")[0] for n, b in blocks.items()}
+    full = per_step["full fine-tuning"]
+    print(f"LoRA fine-tuning step vs full fine-tuning, {'-'.join(map(str, LAYERS))}, batch {a.batch}, Adam, "
+          f"{a.threads} thread(s), {a.rounds} interleaved rounds of {a.steps} steps, 25th percentile "
+          f"(host: {os.cpu_count()} CPUs, shared)")
+    print(f"{'row':18s} {'trainable':>10s} {'ms/step':>8s} {'vs full':>8s}")
+    out = []
+    for name, (model, _) in rows.items():
+        trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+        print(f"{name:18s} {trainable:>10,d} {1e3 * per_step[name]:>8.3f} {per_step[name] / full:>7.2f}x")
+        out.append({"row": name, "trainable": trainable, "seconds_per_step": per_step[name],
+                    "ratio_to_full": per_step[name] / full})
+    if a.json:
+        Path(a.json).write_text(json.dumps(out, indent=1))
+
+
+if __name__ == "__main__":
+    main()
