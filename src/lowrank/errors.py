@@ -17,6 +17,7 @@ __all__ = [
     "TrainingDivergedError",
     "CheckpointError",
     "RunLockedError",
+    "ExportError",
 ]
 
 
@@ -50,3 +51,7 @@ class CheckpointError(LowRankError):
 
 class RunLockedError(LowRankError):
     """Another live process holds the run's lock (it is training the run)."""
+
+
+class ExportError(LowRankError):
+    """An exported model does not compute what the PyTorch model does (or cannot be exported)."""
