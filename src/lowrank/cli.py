@@ -666,13 +666,11 @@ def _compress_line(row: dict[str, Any]) -> str:
 
 
 def cmd_export(ns: argparse.Namespace) -> int:
-    from .compress.config import check_out_dir
     from .compress.onnx_export import export_onnx
     from .compress.source import load_any
 
     if Path(ns.onnx).exists():
-        check_out_dir(ns.onnx, "ONNX file")   # an empty folder is no file either
-        raise LowRankError(f"--onnx {ns.onnx} is a folder: name the .onnx file to write")
+        raise LowRankError(f"--onnx {ns.onnx} already exists: name a new .onnx file (nothing is overwritten)")
     model, shape = load_any(ns.model, trust_factory=ns.trust_factory)
     result = export_onnx(model, ns.onnx, shape, tolerance=ns.tolerance)
     weights = sum(math.prod(d) for d in result.initializers.values())
