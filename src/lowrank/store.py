@@ -1,4 +1,5 @@
-"""Results in SQLite: one row per run, one per epoch, one per layer rank per epoch.
+"""Results in SQLite: one row per run, one per epoch, one per layer rank per epoch; and the
+``lowrank compress`` jobs of a run (``compressions``), one row per measured point (``compression_points``).
 
 Every write is a transaction (``with self.conn``), every query parameterized.
 WAL mode and a busy timeout let parallel sweep processes share one database.

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 import os
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -48,7 +48,8 @@ class CompressConfig:
     energies: list[float] | None = None
     """Energy thresholds in (0, 1] to sweep instead of ranks (per-layer ranks by the energy rule)."""
     energy_scope: str = "layer"
-    """layer: each layer keeps its own energy fraction; global: one threshold over all selected layers' values pooled."""
+    """layer: each layer keeps its own energy fraction; global: one threshold over all selected layers'
+    singular values pooled."""
     target: str | None = None
     """Regex (full match) of the layers to truncate (default: every Linear and Conv2d but the output layer)."""
     exclude: str | None = None
@@ -120,6 +121,4 @@ class CompressConfig:
         return [("energy", e) for e in self.energies or []]
 
     def to_dict(self) -> dict[str, Any]:
-        from dataclasses import asdict
-
         return asdict(self)

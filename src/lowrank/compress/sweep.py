@@ -196,10 +196,11 @@ class _Measurer:
         speed = measure_torch(model, shape, batch=cfg.batch, min_run_time=cfg.min_run_time)
         row.update(torch_latency_b1=speed.latency_b1, torch_throughput=speed.throughput, batch=cfg.batch)
         if cfg.onnx:
-            exported = export_onnx(model, folder / "model.onnx", shape, check_input=self.data.test.x[:64], strict=False)
+            exported = export_onnx(model, folder / "model.onnx", shape, check_input=self.data.test.x[:64],
+                                   strict=False)
             ort = measure_ort(exported.path, shape, batch=cfg.batch, min_run_time=cfg.min_run_time)
-            row.update(onnx_max_diff=exported.max_abs_diff, onnx_ok=exported.within_tolerance, ort_latency_b1=ort.latency_b1,
-                       ort_throughput=ort.throughput)
+            row.update(onnx_max_diff=exported.max_abs_diff, onnx_ok=exported.within_tolerance,
+                       ort_latency_b1=ort.latency_b1, ort_throughput=ort.throughput)
         if dense is not None:
             row["params_ratio"] = row["params"] / dense["params"]
             row["torch_speedup"] = row["torch_throughput"] / dense["torch_throughput"]
