@@ -18,7 +18,7 @@ from lowrank.compress import (CompressConfig, choose_rank, energy_ranks, export_
 from lowrank.compress.measure import measure_ort, measure_torch
 from lowrank.cli import main as cli_main
 from lowrank.config import DataConfig, OptimConfig, TrainConfig
-from lowrank.errors import ConfigError
+from lowrank.errors import ConfigError, ExportError
 from lowrank.methods.twofactor import TwoFactorConv2d, TwoFactorLinear
 from lowrank.registry import method_config
 from lowrank.run import delete_run, train_run
@@ -161,6 +161,10 @@ def test_onnx_export_is_factorized_and_matches_pytorch(tmp_path):
     assert torch_speed.latency_b1 > 0 and ort_speed.throughput > 0
     from lowrank.compress.onnx_export import check_onnx
     assert check_onnx(out.path, model, torch.randn(33, 784)) <= 1e-5
+    # above the tolerance (no difference passes a negative one) the file is refused and nothing is left
+    with pytest.raises(ExportError, match="does not match PyTorch"):
+        export_onnx(model, tmp_path / "refused.onnx", (784,), tolerance=-1.0)
+    assert sorted(f.name for f in tmp_path.iterdir()) == ["m.onnx"]
 
 
 # ---------------------------------------------------------------------------- the job
@@ -227,6 +231,18 @@ def test_compress_by_global_energy_with_dlrt_retraining(tiny, store, tmp_path):
     assert all(low[n] <= high[n] for n in low) and sum(high.values()) > sum(low.values())
     assert all(p["acc_after"] is not None and p.get("ort_latency_b1") is None for p in res.points)
     assert isinstance(lowrank.load(res.chosen_dir).fc0, TwoFactorLinear)   # DLRT factors back in two-factor form
+
+
+def test_compress_a_users_conv_model_output_layer_included(tmp_path, store):
+    cfg = TrainConfig(data=DataConfig(dataset="mnist", train_size=300, test_size=100), method=method_config("dense"),
+                      model="user_models:small_cnn", model_args={"channels": 4}, epochs=1, batch_size=32)
+    run = train_run(cfg, store=store, runs_dir=tmp_path / "runs")
+    job = CompressConfig(checkpoint=str(run.run_dir), out=str(tmp_path / "out"), ranks=[1, 3], include_output=True,
+                         onnx=False, batch=16, min_run_time=0.01)
+    res = run_compress(job, store=store)
+    assert res.layers == ["conv0", "fc0"] and res.points[1]["ranks"] == {"conv0": 3, "fc0": 3}
+    chosen = lowrank.load(res.chosen_dir, trust_factory=True)
+    assert isinstance(chosen.conv0, TwoFactorConv2d) and isinstance(chosen.fc0, TwoFactorLinear)
 
 
 def test_config_is_validated_before_anything_is_written(tiny, tmp_path, store):
