@@ -355,7 +355,7 @@ def compression_section(runs: list[RunData]) -> Section | None:
                                         _scale([c.get("retrained_acc") for c in curve]), {"linestyle": "--"}))
         for job in r.compressions:
             pts = [p for p in job["points"] if p.get("k") is not None]
-            name = f"{r.label} (job {job['id']})"
+            name = f"{r.label}, {r.config.get('model', 'model')} (job {job['id']})"
             tables.append(_compression_table(name, job))
             if not pts:
                 continue
@@ -378,12 +378,14 @@ def compression_section(runs: list[RunData]) -> Section | None:
             acc, xlabel="rank k kept in every compressed layer", ylabel="test accuracy (%)",
             title="Accuracy against k", log_x=True)), alt="test accuracy against the truncation rank k"))
     if latency:
-        images.append(Image("compression_latency", plots.to_png(plots.xy_lines(
-            latency, xlabel="rank k", ylabel="latency at batch 1 (us)", title="Latency against k", log_x=True)),
-            alt="inference latency at batch 1 against k, PyTorch and onnxruntime"))
-        images.append(Image("compression_throughput", plots.to_png(plots.xy_lines(
-            throughput, xlabel="rank k", ylabel="samples per second", title="Throughput against k", log_x=True)),
-            alt="inference throughput at a large batch against k, PyTorch and onnxruntime"))
+        for name, series, ylabel, title, alt in (
+                ("compression_latency", latency, "latency at batch 1 (us, log scale)", "Latency against k",
+                 "inference latency at batch 1 against k, PyTorch and onnxruntime"),
+                ("compression_throughput", throughput, "samples per second (log scale)", "Throughput against k",
+                 "inference throughput at a large batch against k, PyTorch and onnxruntime")):
+            fig = plots.xy_lines(series, xlabel="rank k", ylabel=ylabel, title=title, log_x=True)
+            fig.axes[0].set_yscale("log")
+            images.append(Image(name, plots.to_png(fig), alt=alt))
     sec = Section("Accuracy against k (post-training SVD)", images=images,
                   paragraphs=["Each compressed layer is kept as two factors W1 (n x k) W2 (k x m) from the truncated "
                               "SVD (a convolution: a kh x kw convolution to k channels, then a 1 x 1 one). Latency: "
