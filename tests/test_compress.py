@@ -160,7 +160,8 @@ def test_onnx_export_is_factorized_and_matches_pytorch(tmp_path):
     ort_speed = measure_ort(out.path, (784,), batch=32, min_run_time=0.01)
     assert torch_speed.latency_b1 > 0 and ort_speed.throughput > 0
     from lowrank.compress.onnx_export import check_onnx
-    assert check_onnx(out.path, model, torch.randn(33, 784)) <= 1e-5
+    diff, scale = check_onnx(out.path, model, torch.randn(33, 784))
+    assert diff <= 1e-5 and 0 < scale < 1       # a random LeNet's outputs are small: the check is absolute
     # above the tolerance (no difference passes a negative one) the file is refused and nothing is left
     with pytest.raises(ExportError, match="does not match PyTorch"):
         export_onnx(model, tmp_path / "refused.onnx", (784,), tolerance=-1.0)
@@ -193,7 +194,8 @@ def test_compress_job_records_measures_chooses_and_saves(tiny, store, tmp_path):
     assert dense["acc_before"] == pytest.approx(tiny.summary["test_acc"])
     for row in res.points:
         assert row["acc_after"] is not None and row["retrain_time"] > 0
-        assert row["onnx_ok"] and row["onnx_max_diff"] <= 1e-5 and row["ort_throughput"] > 0
+        assert row["onnx_ok"] and row["onnx_max_diff"] <= 1e-5 * max(1.0, row["onnx_output_scale"])
+        assert row["ort_throughput"] > 0
         assert row["bytes"] < dense["bytes"] or row["k"] == 64
     assert res.points[0]["params"] < res.points[1]["params"] < dense["params"]
     # the rule: smallest k within 50 points of dense

@@ -675,8 +675,8 @@ def cmd_export(ns: argparse.Namespace) -> int:
     result = export_onnx(model, ns.onnx, shape, tolerance=ns.tolerance)
     weights = sum(math.prod(d) for d in result.initializers.values())
     print(f"wrote {result.path}: onnxruntime matches PyTorch to {result.max_abs_diff:.2g} (max abs difference on "
-          f"{result.check_batch} samples, tolerance {ns.tolerance:g}); {len(result.initializers)} initializers, "
-          f"{weights} weights")
+          f"{result.check_batch} samples, outputs up to {result.output_scale:.3g}; tolerance {ns.tolerance:g} x "
+          f"max(1, {result.output_scale:.3g})); {len(result.initializers)} initializers, {weights} weights")
     return 0
 
 
@@ -774,7 +774,8 @@ def build_parser() -> argparse.ArgumentParser:
     ex.add_argument("model", help="a folder written by lowrank.save (e.g. a compress job's out/chosen) or a run folder")
     ex.add_argument("--onnx", required=True, metavar="FILE", help="the .onnx file to write (must not exist)")
     ex.add_argument("--tolerance", type=float, default=1e-5,
-                    help="largest max abs difference to PyTorch accepted; above it nothing is written (default: 1e-5)")
+                    help="largest max abs difference to PyTorch accepted, times max(1, largest output); above it "
+                         "nothing is written (default: 1e-5)")
     ex.add_argument("--trust-factory", action="store_true",
                     help="rebuild a model whose spec names a package.module:factory (imports and calls it)")
     ex.set_defaults(func=cmd_export)

@@ -10,7 +10,7 @@
    (:mod:`.retrain`); the kept model (retrained if any) is saved with :func:`lowrank.save` in
    ``out/points/<label>/`` (its bytes on disk: both files), exported to
    ``out/points/<label>/model.onnx`` (checked against PyTorch on 64 test samples: the max abs
-   difference is recorded, ``onnx_ok`` False above 1e-5, the sweep goes on); its inference parameters and
+   difference is recorded, ``onnx_ok`` False above 1e-5 x max(1, max |output|), the sweep goes on); its inference parameters and
    FLOPs per sample (:func:`lowrank.accounting.count`), and its latency at batch 1 and
    throughput at ``batch`` in PyTorch and onnxruntime (:mod:`.measure`) are measured;
    each point is a row of the results database as soon as it is measured
@@ -199,7 +199,8 @@ class _Measurer:
             exported = export_onnx(model, folder / "model.onnx", shape, check_input=self.data.test.x[:64],
                                    strict=False)
             ort = measure_ort(exported.path, shape, batch=cfg.batch, min_run_time=cfg.min_run_time)
-            row.update(onnx_max_diff=exported.max_abs_diff, onnx_ok=exported.within_tolerance,
+            row.update(onnx_max_diff=exported.max_abs_diff, onnx_output_scale=exported.output_scale,
+                       onnx_ok=exported.within_tolerance,
                        ort_latency_b1=ort.latency_b1, ort_throughput=ort.throughput)
         if dense is not None:
             row["params_ratio"] = row["params"] / dense["params"]
