@@ -33,7 +33,7 @@ from torch import nn
 from ..errors import ConfigError, ExportError
 from .truncate import to_two_factor
 
-__all__ = ["OnnxExport", "export_onnx", "initializer_shapes", "check_onnx", "TOLERANCE", "OPSET"]
+__all__ = ["OnnxExport", "export_onnx", "initializer_shapes", "check_onnx", "require_onnx", "TOLERANCE", "OPSET"]
 
 #: Largest max-abs difference between onnxruntime and PyTorch outputs accepted by default.
 TOLERANCE = 1e-5
@@ -55,7 +55,8 @@ class OnnxExport:
     the file anyway)."""
 
 
-def _need_onnx() -> None:
+def require_onnx() -> None:
+    """A ConfigError naming the extra to install unless onnx and onnxruntime import."""
     try:
         import onnx  # noqa: F401
         import onnxruntime  # noqa: F401
@@ -94,7 +95,7 @@ def export_onnx(model: nn.Module, path: str | os.PathLike, sample_shape: Sequenc
     random normal samples) and keep the file only when the max abs difference is at most
     ``tolerance * max(1, max |output|)`` (module docstring; ``strict=False``: keep it anyway and
     say so in ``within_tolerance``)."""
-    _need_onnx()
+    require_onnx()
     path = Path(path)
     net = to_two_factor(copy.deepcopy(model)).to("cpu", torch.float32).eval()
     x = check_input if check_input is not None else torch.randn((16, *sample_shape),

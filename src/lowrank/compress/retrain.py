@@ -14,6 +14,7 @@ Both run :func:`lowrank.train.fit` with the run's batch size, loss and seed.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import math
 import warnings
@@ -31,10 +32,10 @@ from .truncate import to_two_factor, truncate
 __all__ = ["retrain"]
 
 
-def retrain(dense: nn.Module, truncated: nn.Module, ranks: Mapping[str, int], data: Splits, cfg: TrainConfig, *,
+def retrain(dense: nn.Module, truncated: nn.Module | None, ranks: Mapping[str, int], data: Splits, cfg: TrainConfig, *,
             epochs: int, method: str = "factors", lr: float | None = None) -> tuple[nn.Module, float]:
     """``(retrained two-factor model, seconds)``: ``epochs`` epochs of ``method`` from the truncation of
-    ``dense`` to ``ranks`` (``truncated`` is that truncation, left untouched). The seconds are the
+    ``dense`` to ``ranks`` (``truncated``: that truncation if already made, left untouched). The seconds are the
     training steps' (each epoch's ``epoch_time``, without the loop's evaluations)."""
     optim: OptimConfig = dataclasses.replace(cfg.optim, lr=lr) if lr is not None else cfg.optim
     steps = math.ceil(len(data.train) / cfg.batch_size) * epochs
@@ -46,7 +47,7 @@ def retrain(dense: nn.Module, truncated: nn.Module, ranks: Mapping[str, int], da
             model = convert(dense, "dlrt", target=list(ranks), rank_overrides=dict(ranks))
         stepper: Stepper = make_dlrt_stepper(model, optim, steps, integrator="parallel", adaptive=False)
     else:
-        model = truncate(dense, ranks) if truncated is None else _copy(truncated)
+        model = truncate(dense, ranks) if truncated is None else copy.deepcopy(truncated)
         stepper = Stepper(model, optim, steps)
     model.train()
     history = fit(model, data, stepper, epochs=epochs, batch_size=cfg.batch_size, loss=cfg.loss, seed=cfg.seed,
@@ -54,9 +55,3 @@ def retrain(dense: nn.Module, truncated: nn.Module, ranks: Mapping[str, int], da
     seconds = float(sum(row["epoch_time"] for row in history))
     model.eval()
     return to_two_factor(model), seconds
-
-
-def _copy(model: nn.Module) -> nn.Module:
-    import copy
-
-    return copy.deepcopy(model)

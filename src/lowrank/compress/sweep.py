@@ -46,7 +46,7 @@ from ..store import Store
 from ..train import evaluate
 from .config import CompressConfig, check_out_dir
 from .measure import measure_ort, measure_torch
-from .onnx_export import _need_onnx, export_onnx
+from .onnx_export import require_onnx, export_onnx
 from .rank_rule import Choice, accuracy_key, choose_rank, knee
 from .retrain import retrain
 from .source import Source, load_source, model_spec
@@ -110,7 +110,7 @@ def run_compress(cfg: CompressConfig, *, store: Store, on_point: PointFn | None 
     source = load_source(cfg.checkpoint)
     out = check_out_dir(cfg.out)
     if cfg.onnx:
-        _need_onnx()
+        require_onnx()
     dense = source.model
     layers = selected_layers(dense, target=cfg.target, exclude=cfg.exclude, include_output=cfg.include_output)
     plans = plan_points(dense, cfg, layers)
