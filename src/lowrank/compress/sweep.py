@@ -46,7 +46,7 @@ from ..store import Store
 from ..train import evaluate
 from .config import CompressConfig, check_out_dir
 from .measure import measure_ort, measure_torch
-from .onnx_export import require_onnx, export_onnx
+from .onnx_export import export_onnx, require_onnx
 from .rank_rule import Choice, accuracy_key, choose_rank, knee
 from .retrain import retrain
 from .source import Source, load_source, model_spec
