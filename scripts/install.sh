@@ -4,7 +4,7 @@
 #  - PyTorch: if torch is not importable, `pip install torch==2.13.0` (on this project's
 #    machines that resolves to a local CPU wheel; elsewhere install torch for your platform
 #    first, and this step is skipped);
-#  - the package itself, editable, with its test and optional extras.
+#  - the package itself, editable, with its test and optional extras (onnx: onnx + onnxruntime CPU wheels).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
@@ -26,8 +26,8 @@ if ! $PY -c "import torch" 2>/dev/null; then
   $PY -m pip install -q "torch==2.13.0"
 fi
 
-if ! $PY -c "import lowrank, pytest, hypothesis, tokenizers, openpyxl, scipy, PIL, tensorboard, safetensors" 2>/dev/null \
+if ! $PY -c "import lowrank, pytest, hypothesis, tokenizers, openpyxl, scipy, PIL, tensorboard, safetensors, onnx, onnxruntime" 2>/dev/null \
    || [ pyproject.toml -nt "$($PY -c 'import lowrank,os;print(os.path.dirname(lowrank.__file__))' 2>/dev/null || echo /nonexistent)" ]; then
-  echo "[install] pip install -e .[test,text,kinetics]" >&2
-  $PY -m pip install -q -e ".[test,text,kinetics]" 2>&1 | grep -v "Running pip as the 'root' user" || true
+  echo "[install] pip install -e .[test,text,kinetics,onnx]" >&2
+  $PY -m pip install -q -e ".[test,text,kinetics,onnx]" 2>&1 | grep -v "Running pip as the 'root' user" || true
 fi

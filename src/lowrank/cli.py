@@ -14,6 +14,7 @@ import functools
 import dataclasses
 import inspect
 import json
+import math
 import sys
 import textwrap
 import types
@@ -660,6 +661,75 @@ def cmd_finetune(ns: argparse.Namespace) -> int:
     return 0
 
 
+def _float_list(text: str) -> list[float]:
+    try:
+        return [float(t) for t in text.split(",") if t.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated numbers like 0.9,0.99, got {text!r}")
+
+
+def cmd_compress(ns: argparse.Namespace) -> int:
+    from .compress import CompressConfig, run_compress
+
+    given = {k.split(".", 1)[1]: v for k, v in vars(ns).items() if k.startswith("compress.") and v is not None}
+    cfg = CompressConfig(checkpoint=ns.checkpoint, out=ns.out, energies=ns.energies, **given)
+
+    def point(row: dict[str, Any]) -> None:
+        if not ns.json:
+            print(_compress_line(row), flush=True)
+
+    if not ns.json:
+        print(f"{'point':>8s} {'acc before':>10s} {'acc after':>9s} {'params':>9s} {'bytes':>9s} {'FLOPs':>9s} "
+              f"{'torch b1':>9s} {'torch/s':>10s} {'ort b1':>9s} {'ort/s':>10s} {'retrain':>8s}")
+    result = run_compress(cfg, store=_store(ns), on_point=point)
+    c = result.choice
+    if ns.json:
+        print(json.dumps({"compression_id": result.compression_id, "run_id": result.run_id, "dense": result.dense,
+                          "points": result.points, "chosen": c.row["label"], "rule": c.rule,
+                          "within_tolerance": c.within_tolerance, "knee": result.knee_label,
+                          "chosen_dir": str(result.chosen_dir),
+                          "merged_dir": str(result.merged_dir) if result.merged_dir else None}, default=float))
+        return 0
+    print(f"chosen {c.row['label']}: {c.rule}")
+    print(f"knee of accuracy against PyTorch batch-1 latency: {result.knee_label}")
+    print(f"saved {result.chosen_dir}" + (f" and {result.merged_dir} (merged)" if result.merged_dir else "")
+          + f"; every point under {result.out / 'points'}; database job {result.compression_id}"
+          + (f" of run {result.run_id}" if result.run_id is not None else " (its run is not in this database)"))
+    return 0
+
+
+def _compress_line(row: dict[str, Any]) -> str:
+    def pct(v: Any) -> str:
+        return "-" if v is None else f"{100 * v:.2f}%"
+
+    def us(v: Any) -> str:
+        return "-" if v is None else f"{1e6 * v:.0f} us"
+
+    def per_s(v: Any) -> str:
+        return "-" if v is None else f"{v:,.0f}"
+
+    return (f"{row['label']:>8s} {pct(row['acc_before']):>10s} {pct(row['acc_after']):>9s} {row['params']:>9d} "
+            f"{row['bytes']:>9d} {row['flops']:>9d} {us(row.get('torch_latency_b1')):>9s} "
+            f"{per_s(row.get('torch_throughput')):>10s} {us(row.get('ort_latency_b1')):>9s} "
+            f"{per_s(row.get('ort_throughput')):>10s} "
+            f"{'-' if row['retrain_time'] is None else format(row['retrain_time'], '.1f') + ' s':>8s}")
+
+
+def cmd_export(ns: argparse.Namespace) -> int:
+    from .compress.onnx_export import export_onnx
+    from .compress.source import load_any
+
+    if Path(ns.onnx).exists():
+        raise LowRankError(f"--onnx {ns.onnx} already exists: name a new .onnx file (nothing is overwritten)")
+    model, shape = load_any(ns.model, trust_factory=ns.trust_factory)
+    result = export_onnx(model, ns.onnx, shape, tolerance=ns.tolerance)
+    weights = sum(math.prod(d) for d in result.initializers.values())
+    print(f"wrote {result.path}: onnxruntime matches PyTorch to {result.max_abs_diff:.2g} (max abs difference on "
+          f"{result.check_batch} samples, outputs up to {result.output_scale:.3g}; tolerance {ns.tolerance:g} x "
+          f"max(1, {result.output_scale:.3g})); {len(result.initializers)} initializers, {weights} weights")
+    return 0
+
+
 # -- parser -------------------------------------------------------------------------------------
 
 class _Parser(argparse.ArgumentParser):
@@ -756,6 +826,29 @@ def build_parser() -> argparse.ArgumentParser:
     sw.add_argument("--runs-dir", default="runs", help="folder for run folders (default: runs)")
     sw.add_argument("--dry-run", action="store_true", help="list the grid points and what would be done")
     sw.set_defaults(func=cmd_sweep)
+
+    cp = add("compress", help="truncate a trained model to each rank (or energy), measure, retrain, choose k, save")
+    cp.add_argument("checkpoint", help="the trained run: its folder or checkpoint.pt")
+    cp.add_argument("--out", required=True, help="results folder (new or empty): points/<k>/, chosen/, compress.json")
+    cp.add_argument("--energies", type=_float_list, default=None, metavar="E,E,...",
+                    help="energy thresholds in (0, 1] to sweep instead of --ranks (per-layer ranks)")
+    cp.add_argument("--json", action="store_true", help="print machine-readable results")
+    from .compress import RETRAIN_METHODS, CompressConfig
+    from .compress.truncate import ENERGY_SCOPES
+
+    _add_fields(cp.add_argument_group("compress"), CompressConfig, "compress", {"checkpoint", "out", "energies"},
+                {"retrain_method": RETRAIN_METHODS, "energy_scope": ENERGY_SCOPES})
+    cp.set_defaults(func=cmd_compress)
+
+    ex = add("export", help="write a saved (compressed) model as ONNX, checked in onnxruntime against PyTorch")
+    ex.add_argument("model", help="a folder written by lowrank.save (e.g. a compress job's out/chosen) or a run folder")
+    ex.add_argument("--onnx", required=True, metavar="FILE", help="the .onnx file to write (must not exist)")
+    ex.add_argument("--tolerance", type=float, default=1e-5,
+                    help="largest max abs difference to PyTorch accepted, times max(1, largest output); above it "
+                         "nothing is written (default: 1e-5)")
+    ex.add_argument("--trust-factory", action="store_true",
+                    help="rebuild a model whose spec names a package.module:factory (imports and calls it)")
+    ex.set_defaults(func=cmd_export)
     return p
 
 

@@ -18,6 +18,7 @@ __all__ = [
     "CheckpointError",
     "RunLockedError",
     "StoreError",
+    "ExportError",
 ]
 
 
@@ -55,3 +56,7 @@ class RunLockedError(LowRankError):
 
 class StoreError(LowRankError):
     """The results database cannot be read or written (damaged, foreign, locked, read-only)."""
+
+
+class ExportError(LowRankError):
+    """An exported model does not compute what the PyTorch model does (or cannot be exported)."""

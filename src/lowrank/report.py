@@ -7,8 +7,11 @@ Optional sections are built by functions registered with :func:`register_section
 each returns ``None`` when its data is absent and the section is then left out.
 Two are built in:
 
-- *accuracy against k* (post-training SVD compression): drawn from any run whose
-  summary holds ``"compression": [{"k": int, "test_acc": float,
+- *accuracy against k* (post-training SVD compression): drawn from the ``lowrank compress``
+  jobs of the runs (the database's ``compressions`` and ``compression_points`` tables):
+  test accuracy against ``k`` before and after retraining, latency at batch 1 and
+  throughput against ``k`` in PyTorch and onnxruntime, and a table per job; also from any
+  run whose summary holds ``"compression": [{"k": int, "test_acc": float,
   "retrained_acc": float | None}, ...]``;
 - *LoRA rank curves*: for the rows of ``lowrank finetune`` (summary key ``finetune``),
   accuracy, trainable parameters, time and memory against the LoRA rank with full
@@ -20,7 +23,7 @@ from __future__ import annotations
 
 from collections import defaultdict
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -53,6 +56,8 @@ class RunData:
     ranks: list[dict[str, Any]]
     sweep: str | None = None
     sweep_key: str | None = None
+    compressions: list[dict[str, Any]] = field(default_factory=list)
+    """Its ``lowrank compress`` jobs (:meth:`~lowrank.store.Store.compressions`), each with its ``points``."""
 
 
 # -- selecting runs -------------------------------------------------------------------------------
@@ -143,7 +148,8 @@ def _run_data(store: Store, row: dict[str, Any]) -> RunData:
     return RunData(id=row["id"], label=run_label(row["config"]), status=row["status"], method=row["method"],
                    dataset=row["dataset"], config=row["config"], summary=row["summary"],
                    epochs=store.epochs(row["id"]), ranks=store.ranks(row["id"]),
-                   sweep=row.get("sweep"), sweep_key=row.get("sweep_key"))
+                   sweep=row.get("sweep"), sweep_key=row.get("sweep_key"),
+                   compressions=[c for c in store.compressions(row["id"]) if c["status"] == "finished"])
 
 
 def _with_labels(runs: list[RunData]) -> list[RunData]:
@@ -363,23 +369,84 @@ def _pareto_section(runs: list[RunData]) -> Section | None:
 
 @register_section
 def compression_section(runs: list[RunData]) -> Section | None:
-    """Accuracy against the kept rank k of post-training SVD compression (summary key ``compression``)."""
-    series = []
+    """Post-training SVD compression against the kept rank k: accuracy before / after retraining,
+    latency and throughput (from the runs' ``lowrank compress`` jobs, or the summary key ``compression``)."""
+    acc, latency, throughput, tables = [], [], [], []
     for r in runs:
         curve = (r.summary or {}).get("compression")
-        if not curve:
-            continue
-        ks = [c["k"] for c in curve]
-        series.append(plots.Series(f"{r.label}: truncated", ks, _scale([c.get("test_acc") for c in curve])))
-        if any(c.get("retrained_acc") is not None for c in curve):
-            series.append(plots.Series(f"{r.label}: retrained", ks,
-                                       _scale([c.get("retrained_acc") for c in curve]), {"linestyle": "--"}))
-    if not series:
+        if curve:
+            ks = [c["k"] for c in curve]
+            acc.append(plots.Series(f"{r.label}: truncated", ks, _scale([c.get("test_acc") for c in curve])))
+            if any(c.get("retrained_acc") is not None for c in curve):
+                acc.append(plots.Series(f"{r.label}: retrained", ks,
+                                        _scale([c.get("retrained_acc") for c in curve]), {"linestyle": "--"}))
+        for job in r.compressions:
+            pts = [p for p in job["points"] if p.get("k") is not None]
+            name = f"{r.label}, {r.config.get('model', 'model')} (job {job['id']})"
+            tables.append(_compression_table(name, job))
+            if not pts:
+                continue
+            ks = [p["k"] for p in pts]
+            acc.append(plots.Series(f"{name}: truncated", ks, _scale([p.get("acc_before") for p in pts])))
+            if any(p.get("acc_after") is not None for p in pts):
+                acc.append(plots.Series(f"{name}: retrained ({job['config'].get('retrain_method')}, "
+                                        f"{job['config'].get('retrain_epochs')} ep)", ks,
+                                        _scale([p.get("acc_after") for p in pts]), {"linestyle": "--"}))
+            for engine, key in (("PyTorch", "torch"), ("onnxruntime", "ort")):
+                lat = [None if p.get(f"{key}_latency_b1") is None else 1e6 * p[f"{key}_latency_b1"] for p in pts]
+                if any(v is not None for v in lat):
+                    latency.append(plots.Series(f"{name}: {engine}", ks, lat))
+                    throughput.append(plots.Series(f"{name}: {engine}", ks, [p.get(f"{key}_throughput") for p in pts]))
+    if not acc and not tables:
         return None
-    return Section("Accuracy against k (post-training SVD)", images=[Image(
-        "compression_k", plots.to_png(plots.xy_lines(series, xlabel="rank k kept in every hidden layer",
-                                                     ylabel="test accuracy (%)", title="Accuracy against k")),
-        alt="test accuracy against the truncation rank k")])
+    images = []
+    if acc:
+        images.append(Image("compression_k", plots.to_png(plots.xy_lines(
+            acc, xlabel="rank k kept in every compressed layer", ylabel="test accuracy (%)",
+            title="Accuracy against k", log_x=True)), alt="test accuracy against the truncation rank k"))
+    if latency:
+        for name, series, ylabel, title, alt in (
+                ("compression_latency", latency, "latency at batch 1 (us, log scale)", "Latency against k",
+                 "inference latency at batch 1 against k, PyTorch and onnxruntime"),
+                ("compression_throughput", throughput, "samples per second (log scale)", "Throughput against k",
+                 "inference throughput at a large batch against k, PyTorch and onnxruntime")):
+            fig = plots.xy_lines(series, xlabel="rank k", ylabel=ylabel, title=title, log_x=True)
+            fig.axes[0].set_yscale("log")
+            images.append(Image(name, plots.to_png(fig), alt=alt))
+    sec = Section("Accuracy against k (post-training SVD)", images=images,
+                  paragraphs=["Each compressed layer is kept as two factors W1 (n x k) W2 (k x m) from the truncated "
+                              "SVD (a convolution: a kh x kw convolution to k channels, then a 1 x 1 one). Latency: "
+                              "median seconds of one call at batch 1; throughput: samples per second at the job's "
+                              "batch; measured on a machine that may be shared, so compare within one job."])
+    if tables:
+        sec.table = tables[0]   # one table per section: the other jobs' accuracies as a paragraph each
+        for job_table in tables[1:]:
+            sec.paragraphs.append(_table_text(job_table))
+    for r in runs:
+        for job in r.compressions:
+            chosen = job.get("chosen") or {}
+            if chosen:
+                sec.notes.append(f"{r.label} (job {job['id']}): chosen {chosen.get('label')}: {chosen.get('rule')}; "
+                                 f"knee of accuracy against latency: {chosen.get('knee')}.")
+    return sec
+
+
+def _compression_table(name: str, job: dict[str, Any]) -> Table:
+    cols = [name, "acc before", "acc after", "params", "bytes", "FLOPs/sample", "torch b1", "torch samples/s",
+            "ort b1", "ort samples/s", "retrain time"]
+
+    def us(v: float | None) -> str:
+        return "–" if v is None else f"{1e6 * v:.0f} us"
+
+    rows = [[p["label"], _pct(p.get("acc_before")), _pct(p.get("acc_after")), _count(p.get("params")),
+             _count(p.get("bytes")), _count(p.get("flops")), us(p.get("torch_latency_b1")),
+             _count(p.get("torch_throughput")), us(p.get("ort_latency_b1")), _count(p.get("ort_throughput")),
+             _secs(p.get("retrain_time"))] for p in job["points"]]
+    return Table(cols, rows, numeric=set(range(1, len(cols))))
+
+
+def _table_text(t: Table) -> str:
+    return t.columns[0] + ": " + "; ".join(f"{row[0]} {row[2] if row[2] != '–' else row[1]}" for row in t.rows)
 
 
 @register_section

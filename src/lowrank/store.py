@@ -1,4 +1,5 @@
-"""Results in SQLite: one row per run, one per epoch, one per layer rank per epoch.
+"""Results in SQLite: one row per run, one per epoch, one per layer rank per epoch; and the
+``lowrank compress`` jobs of a run (``compressions``), one row per measured point (``compression_points``).
 
 Every write is a transaction (``with self.conn``), every query parameterized.
 WAL mode and a busy timeout let parallel sweep processes share one database.
@@ -19,7 +20,7 @@ from typing import Any
 
 from .errors import ConfigError, StoreError
 
-__all__ = ["Store", "default_db_path", "EPOCH_COLUMNS"]
+__all__ = ["Store", "default_db_path", "EPOCH_COLUMNS", "POINT_COLUMNS"]
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS runs (
@@ -61,10 +62,49 @@ CREATE TABLE IF NOT EXISTS ranks (
     PRIMARY KEY (run_id, epoch, layer)
 );
 CREATE INDEX IF NOT EXISTS runs_sweep ON runs(sweep, sweep_key);
+CREATE TABLE IF NOT EXISTS compressions (
+    id        INTEGER PRIMARY KEY AUTOINCREMENT,
+    run_id    INTEGER REFERENCES runs(id) ON DELETE CASCADE,
+    source    TEXT NOT NULL,
+    created   REAL NOT NULL,
+    status    TEXT NOT NULL,
+    config    TEXT NOT NULL,
+    out_dir   TEXT NOT NULL,
+    chosen    TEXT
+);
+CREATE TABLE IF NOT EXISTS compression_points (
+    compression_id      INTEGER NOT NULL REFERENCES compressions(id) ON DELETE CASCADE,
+    point               INTEGER NOT NULL,
+    label               TEXT NOT NULL,
+    k                   INTEGER,
+    energy              REAL,
+    params              INTEGER,
+    bytes               INTEGER,
+    flops               INTEGER,
+    acc_before          REAL,
+    acc_after           REAL,
+    retrain_time        REAL,
+    torch_latency_b1    REAL,
+    torch_throughput    REAL,
+    ort_latency_b1      REAL,
+    ort_throughput      REAL,
+    onnx_max_diff       REAL,
+    extra               TEXT,
+    PRIMARY KEY (compression_id, point)
+);
+CREATE INDEX IF NOT EXISTS compressions_run ON compressions(run_id);
 """
 
 EPOCH_COLUMNS = ("train_loss", "train_acc", "val_loss", "val_acc", "test_loss", "test_acc",
                  "epoch_time", "samples_per_s", "peak_mem")
+
+#: Columns of a ``compression_points`` row besides its job, index and ``extra`` (``lowrank compress``):
+#: ``label`` ("dense", "k=8", "e=0.99"), uniform rank ``k`` or ``energy``, inference ``params``,
+#: ``bytes`` of the saved model on disk, ``flops`` per sample, test accuracy before / after
+#: retraining, ``retrain_time`` (s), latency at batch 1 (s) and throughput at the large batch
+#: (samples/s) in PyTorch and onnxruntime, and the ONNX export's max abs difference to PyTorch.
+POINT_COLUMNS = ("label", "k", "energy", "params", "bytes", "flops", "acc_before", "acc_after", "retrain_time",
+                 "torch_latency_b1", "torch_throughput", "ort_latency_b1", "ort_throughput", "onnx_max_diff")
 
 
 def default_db_path() -> Path:
@@ -184,10 +224,55 @@ class Store:
     def delete_run(self, run_id: int) -> dict[str, int]:
         """Delete run ``run_id``'s rows from every table in one transaction; the rows deleted per table."""
         with self.transaction() as c:
+            c.execute("DELETE FROM compression_points WHERE compression_id IN "
+                      "(SELECT id FROM compressions WHERE run_id = ?)", (run_id,))
             counts = {table: c.execute(f"DELETE FROM {table} WHERE run_id = ?", (run_id,)).rowcount
-                      for table in ("ranks", "epochs")}
+                      for table in ("ranks", "epochs", "compressions")}
             counts["runs"] = c.execute("DELETE FROM runs WHERE id = ?", (run_id,)).rowcount
         return counts
+
+    def create_compression(self, run_id: int | None, source: str, config: dict[str, Any], out_dir: str) -> int:
+        """A new ``lowrank compress`` job of run ``run_id`` (None: its checkpoint's run is not in this database)."""
+        with self.transaction() as c:
+            cur = c.execute("INSERT INTO compressions (run_id, source, created, status, config, out_dir)"
+                            " VALUES (?, ?, ?, 'running', ?, ?)",
+                            (run_id, source, time.time(), json.dumps(config, default=str), out_dir))
+            return int(cur.lastrowid)
+
+    def log_compression_point(self, compression_id: int, point: int, row: dict[str, Any]) -> None:
+        """Store one measured point of a compression job (:data:`POINT_COLUMNS`; other keys go to ``extra``)."""
+        extra = {k: v for k, v in row.items() if k not in POINT_COLUMNS}
+        with self.transaction() as c:
+            c.execute(f"INSERT OR REPLACE INTO compression_points (compression_id, point, {', '.join(POINT_COLUMNS)},"
+                      f" extra) VALUES (?, ?, {', '.join('?' * len(POINT_COLUMNS))}, ?)",
+                      (compression_id, point, *[row.get(k) for k in POINT_COLUMNS], json.dumps(extra, default=float)))
+
+    def finish_compression(self, compression_id: int, status: str, chosen: dict[str, Any] | None = None) -> None:
+        with self.transaction() as c:
+            c.execute("UPDATE compressions SET status = ?, chosen = ? WHERE id = ?",
+                      (status, json.dumps(chosen, default=float) if chosen is not None else None, compression_id))
+
+    def compressions(self, run_id: int | None = None) -> list[dict[str, Any]]:
+        """Compression jobs (of run ``run_id``, or all), oldest first, each with its ``points`` (in order)."""
+        sql = "SELECT * FROM compressions" + (" WHERE run_id = ?" if run_id is not None else "") + " ORDER BY id"
+        jobs = [dict(r) for r in self.conn.execute(sql, () if run_id is None else (run_id,))]
+        for job in jobs:
+            job["config"] = json.loads(job["config"])
+            job["chosen"] = json.loads(job["chosen"]) if job["chosen"] else None
+            points = []
+            for r in self.conn.execute("SELECT * FROM compression_points WHERE compression_id = ? ORDER BY point",
+                                       (job["id"],)):
+                d = dict(r)
+                d.update(json.loads(d.pop("extra") or "{}"))
+                points.append(d)
+            job["points"] = points
+        return jobs
+
+    def run_of_dir(self, run_dir: str | os.PathLike) -> int | None:
+        """The id of the run whose folder is ``run_dir`` (resolved), or None."""
+        row = self.conn.execute("SELECT id FROM runs WHERE run_dir = ? ORDER BY id DESC LIMIT 1",
+                                (str(Path(run_dir).resolve()),)).fetchone()
+        return int(row["id"]) if row else None
 
     # -- reading ---------------------------------------------------------------------------
 
