@@ -267,6 +267,24 @@ def test_divergence_after_an_epoch_names_the_checkpoint_kept(store, tmp_path, da
     assert lock_holder(run["run_dir"]) is None
 
 
+def test_an_epoch_with_an_infinite_test_loss_is_not_a_good_checkpoint(store, tmp_path, data):
+    from lowrank.data import ArrayDataset, Splits
+
+    test_x = data.test.x.clone()
+    poisoned = Splits(train=data.train, test=ArrayDataset(test_x, data.test.y), val=None, name="mnist",
+                      num_classes=10, input_dim=784, sources=[], mean=0.0, std=1.0)
+
+    def poison(epoch, row):
+        test_x[:] = float("inf")  # training stays finite; the next epoch's test loss does not
+    with pytest.raises(TrainingDivergedError) as info:
+        train_run(small_cfg(), store=store, runs_dir=tmp_path / "runs", data=poisoned, on_epoch=poison)
+    run = store.run(1)
+    assert str(info.value).startswith("test loss became nan at the end of epoch 2")
+    assert str(info.value).endswith(f"; the checkpoint of epoch 1 is kept in {run['run_dir']}")
+    assert run["status"] == "diverged" and read_checkpoint(run["run_dir"])["loop"]["epoch"] == 1
+    assert [r["epoch"] for r in store.epochs(1)] == [0]
+
+
 def test_divergence_in_the_first_epoch_says_no_checkpoint_was_written(store, tmp_path, data):
     x, poisoned = _poisonable(data)
     x[:] = float("nan")

@@ -20,6 +20,8 @@ from __future__ import annotations
 import copy
 import os
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -28,7 +30,7 @@ from torch import nn
 
 from .errors import CheckpointError
 
-__all__ = ["FORMAT", "TEMP_SUFFIX", "write_checkpoint", "read_checkpoint", "model_payload", "load_model", "load_dense_weights",
+__all__ = ["FORMAT", "TEMP_SUFFIX", "damaged", "write_checkpoint", "read_checkpoint", "model_payload", "load_model", "load_dense_weights",
            "check_optimizer_state"]
 
 FORMAT = "lowrank-checkpoint-2"
@@ -89,12 +91,26 @@ def load_model(model: nn.Module, payload: dict[str, Any]) -> nn.Module:
     """Rebuild ``payload``'s low-rank structure inside the dense ``model`` and load its weights."""
     from .convert import restore_structure
 
-    restore_structure(model, payload.get("structure", {}))
+    with damaged("the checkpoint's structure record"):
+        restore_structure(model, payload.get("structure", {}))
     try:
         model.load_state_dict(payload["model"])
     except (RuntimeError, KeyError) as e:
         raise CheckpointError(f"checkpoint does not fit the model: {_mismatch(e)}") from None
+    except (TypeError, AttributeError, ValueError) as e:
+        raise CheckpointError(f"the checkpoint's model weights are damaged ({type(e).__name__}: {e})") from None
     return model
+
+
+@contextmanager
+def damaged(what: str) -> Iterator[None]:
+    """Errors from reading ``what`` (a part of a checkpoint that loaded safely but holds the
+    wrong types, keys or shapes) as one :class:`CheckpointError` line."""
+    try:
+        yield
+    except (KeyError, TypeError, ValueError, RuntimeError, IndexError, AttributeError) as e:
+        text = str(e).splitlines()[0] if str(e) else repr(e)
+        raise CheckpointError(f"{what} is damaged or of another version ({type(e).__name__}: {text[:200]})") from None
 
 
 def _dense_state(path: str) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
@@ -153,9 +169,22 @@ def check_optimizer_state(optimizer: torch.optim.Optimizer, where: str) -> None:
     """Every per-parameter state tensor (momentum, Adam's moments) is shaped like its parameter;
     else a one-line :class:`CheckpointError` (factors and optimizer state of different ranks
     cannot resume). Scalar state (step counters) is not checked."""
+    held = {id(p) for group in optimizer.param_groups for p in group["params"]}
+    strays = [k for k in optimizer.state if id(k) not in held]
+    if strays:
+        raise CheckpointError(f"{where}: optimizer state has {len(strays)} entries for no parameter of the model: "
+                              f"the checkpoint is damaged or of another model; resume from another or start again")
     for group in optimizer.param_groups:
         for i, p in enumerate(group["params"]):
-            for key, value in optimizer.state.get(p, {}).items():
+            state = optimizer.state.get(p, {})
+            if not isinstance(state, dict):
+                raise CheckpointError(f"{where}: optimizer state of parameter {i} is a {type(state).__name__}, not a "
+                                      f"table: the checkpoint is damaged; resume from another or start again")
+            for key, value in state.items():
+                if not (value is None or torch.is_tensor(value) or isinstance(value, (int, float))):
+                    raise CheckpointError(f"{where}: optimizer state {key!r} of parameter {i} is a "
+                                          f"{type(value).__name__}: the checkpoint is damaged; resume from another "
+                                          f"or start again")
                 if torch.is_tensor(value) and value.dim() > 0 and value.shape != p.shape:
                     raise CheckpointError(
                         f"{where}: optimizer state {key!r} of parameter {i} is shaped {tuple(value.shape)} but the "

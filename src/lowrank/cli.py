@@ -477,15 +477,17 @@ def _dense_model_of(cfg: TrainConfig) -> Any:
 
 def _model_of_checkpoint(path: str) -> tuple[TrainConfig, Any]:
     """The config and model stored in a run folder or checkpoint file."""
-    from .checkpoint import load_model, read_checkpoint
+    from .checkpoint import damaged, load_model, read_checkpoint
     from .run import build_dense_model
 
     ckpt = read_checkpoint(path)
-    cfg = TrainConfig.from_dict(ckpt["config"])
-    shape = ckpt.get("data_shape") or {}
-    if not shape:
-        raise LowRankError(f"checkpoint {path} does not record its data's shape; inspect it with the flags of its run")
-    model = build_dense_model(cfg, tuple(shape["sample_shape"]), shape["num_outputs"])
+    with damaged(f"checkpoint {path}"):
+        cfg = TrainConfig.from_dict(ckpt["config"])
+        shape = ckpt.get("data_shape") or {}
+        if not shape:
+            raise LowRankError(f"checkpoint {path} does not record its data's shape; inspect it with the flags of "
+                               f"its run")
+        model = build_dense_model(cfg, tuple(shape["sample_shape"]), shape["num_outputs"])
     return cfg, load_model(model, ckpt)
 
 
@@ -861,7 +863,7 @@ def main(argv: list[str] | None = None) -> int:
             ns.db = str(default_db_path())
         return int(ns.func(ns) or 0)
     except LowRankError as e:
-        print(f"lowrank: error: {e}", file=sys.stderr)
+        print(f"lowrank: error: {' '.join(str(e).split())}", file=sys.stderr)  # one line, whatever it quotes
         return EXIT_USAGE
     except BrokenPipeError:
         return 0

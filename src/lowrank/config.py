@@ -140,6 +140,8 @@ class TrainConfig:
         """The config of a dict in :meth:`to_dict`'s form; unknown keys are errors naming them."""
         from .registry import method_config
 
+        if not isinstance(d, dict):
+            raise ConfigError(f"a config must be a table of fields, got {type(d).__name__}")
         d = dict(d)
         sections: dict[str, Any] = {}
         for key, sec_cls in (("data", DataConfig), ("optim", OptimConfig)):

@@ -566,10 +566,35 @@ def restore_structure(model: nn.Module, struct: Mapping[str, Mapping[str, Any]])
             raise CheckpointError(f"structure names module {name!r} which the model lacks; "
                                   f"modules: {', '.join(names)}") from None
         ref = next(old.parameters(), None)
-        new = cls(**rec["spec"])
+        spec = rec.get("spec")
+        if not isinstance(spec, Mapping):
+            raise CheckpointError(f"structure record of {name!r} has no spec table; the checkpoint is damaged")
+        _check_shape_fields(name, old, spec)
+        try:
+            new = cls(**spec)
+        except (TypeError, ValueError) as e:
+            raise CheckpointError(f"structure record of {name!r} ({rec['cls']}) does not build: {e}; "
+                                  f"the checkpoint is damaged or from another version") from None
         if ref is not None:
             new = new.to(device=ref.device, dtype=ref.dtype)
         new.train(old.training)
         _set_module(model, name, new)
     _sync_transformer_encoders(model)
     return model
+
+
+#: Spec fields that fix a layer's size: a structure record must agree with the module it
+#: replaces, so a damaged record can never ask for an absurd allocation.
+_SHAPE_FIELDS = ("in_features", "out_features", "in_channels", "out_channels", "kernel_size", "stride",
+                 "padding", "dilation", "groups", "embed_dim", "num_heads")
+
+
+def _check_shape_fields(name: str, old: nn.Module, spec: Mapping[str, Any]) -> None:
+    def norm(v: Any) -> Any:
+        return tuple(v) if isinstance(v, (list, tuple)) else v
+
+    for key in _SHAPE_FIELDS:
+        if key in spec and hasattr(old, key) and norm(spec[key]) != norm(getattr(old, key)):
+            raise CheckpointError(f"structure record of {name!r} has {key}={spec[key]!r}, the model's module has "
+                                  f"{getattr(old, key)!r}: the checkpoint is of another model (or damaged)")
+

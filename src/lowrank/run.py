@@ -20,7 +20,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from .checkpoint import check_optimizer_state, load_model, read_checkpoint
+from .checkpoint import check_optimizer_state, damaged, load_model, read_checkpoint
 from .config import TrainConfig
 from .data import Augmentation, Splits, load_dataset
 from .errors import CheckpointError, ConfigError, RunLockedError, TrainingDivergedError
@@ -135,7 +135,8 @@ def resume_run(run_id: int, *, store: Store, data: Splits | None = None, progres
             data = load_dataset(cfg.data, seed=cfg.seed)
         model, stepper, _ = _prepare(cfg, data, ckpt)
         store.set_status(run_id, "running")
-        state = LoopState.from_state_dict(ckpt["loop"]) if ckpt is not None else None
+        with damaged("the checkpoint's loop state"):
+            state = LoopState.from_state_dict(ckpt["loop"]) if ckpt is not None else None
         return _train(cfg, run_id, run_dir, store, data, model, stepper, state, progress, on_epoch, tensorboard,
                       callbacks, lock)
     finally:
@@ -175,7 +176,8 @@ def _prepare(cfg: TrainConfig, data: Splits, ckpt: dict[str, Any] | None) -> tup
     total_steps = math.ceil(len(data.train) / cfg.batch_size) * cfg.epochs
     stepper = build_stepper(model, cfg, total_steps)
     if ckpt is not None:
-        stepper.load_state_dict(ckpt["stepper"])
+        with damaged("the checkpoint's optimizer state"):
+            stepper.load_state_dict(ckpt["stepper"])
         check_optimizer_state(stepper.optimizer, "checkpoint")
     return model, stepper, total_steps
 

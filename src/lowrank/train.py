@@ -27,7 +27,7 @@ import torch
 from torch import nn
 
 from .data import ArrayDataset, Augmentation, Splits, as_splits
-from .errors import ConfigError, TrainingDivergedError
+from .errors import CheckpointError, ConfigError, TrainingDivergedError
 from .losses import is_regression, loss_function, resolve_loss
 from .memory import PeakMemory
 from .optimizers import lr_scale
@@ -94,8 +94,31 @@ class LoopState:
 
     @classmethod
     def from_state_dict(cls, d: dict[str, Any]) -> "LoopState":
-        return cls(epoch=int(d["epoch"]), batch=int(d["batch"]), history=list(d["history"]), perm=d.get("perm"),
-                   partial=dict(d.get("partial") or {"loss_sum": 0.0, "time": 0.0}), torch_rng=d.get("torch_rng"))
+        """The state :meth:`state_dict` wrote; anything else is a :class:`CheckpointError`."""
+        try:
+            state = cls(epoch=_count(d["epoch"]), batch=_count(d["batch"]), history=list(d["history"]),
+                        perm=d.get("perm"), partial={k: float(v) for k, v in dict(d.get("partial") or
+                                                                                   {"loss_sum": 0.0, "time": 0.0}).items()},
+                        torch_rng=d.get("torch_rng"))
+            if not all(isinstance(h, dict) for h in state.history) or len(state.history) != state.epoch:
+                raise ValueError(f"{len(state.history)} history rows for {state.epoch} epochs")
+            if state.perm is not None and (not torch.is_tensor(state.perm) or state.perm.dim() != 1
+                                           or state.perm.dtype != torch.int64):
+                raise ValueError("the data order is not a 1-D int64 tensor")
+            if not {"loss_sum", "time"} <= state.partial.keys():
+                raise ValueError("the partial sums lack loss_sum or time")
+            if state.torch_rng is not None:
+                torch.Generator().set_state(state.torch_rng)  # raises for anything but a valid RNG state
+        except (KeyError, TypeError, ValueError, RuntimeError, AttributeError) as e:
+            raise CheckpointError(f"the checkpoint's loop state is damaged ({type(e).__name__}: "
+                                  f"{str(e).splitlines()[0] if str(e) else e!r})") from None
+        return state
+
+
+def _count(v: Any) -> int:
+    if isinstance(v, bool) or int(v) != v or v < 0:
+        raise ValueError(f"{v!r} is not a count")
+    return int(v)
 
 
 @dataclass
@@ -185,6 +208,11 @@ def fit(model: nn.Module, data: Splits | Any, stepper: Stepper, *, epochs: int, 
     n_train = len(data.train)
     steps_per_epoch = math.ceil(n_train / batch_size)
     state = state or LoopState()
+    if state.perm is not None and (len(state.perm) != n_train or state.batch > steps_per_epoch):
+        raise CheckpointError(f"the loop state was taken on {len(state.perm)} training samples at batch "
+                              f"{state.batch}, this training set has {n_train} ({steps_per_epoch} batches)")
+    if state.epoch > epochs:
+        raise CheckpointError(f"the loop state has {state.epoch} epochs done, more than the run's {epochs}")
     if state.torch_rng is not None:
         torch.set_rng_state(state.torch_rng)
     loop = Loop(model, stepper, data, state, epochs, steps_per_epoch, loss)
@@ -240,6 +268,10 @@ def fit(model: nn.Module, data: Splits | Any, stepper: Stepper, *, epochs: int, 
                     epoch_time = time.perf_counter() - t0 + state.partial["time"]
                 train_loss = float(loss_sum) / n_train
                 metrics = _epoch_metrics(model, data, loss, train_loss, epoch_time, n_train, mem.peak)
+                for key in ("val_loss", "test_loss"):  # a checkpoint is good only when its losses are finite
+                    if metrics.get(key) is not None and not math.isfinite(metrics[key]):
+                        raise TrainingDivergedError(f"{key.replace('_', ' ')} became {metrics[key]} at the end of "
+                                                    f"epoch {state.epoch + 1} (try a smaller --lr or --clip 4)")
                 extra = stepper.end_epoch(state.epoch)
                 ranks = extra.pop("ranks", None)
                 row = {"epoch": state.epoch, **metrics, "extra": extra, "ranks": ranks}
