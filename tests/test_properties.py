@@ -149,6 +149,14 @@ def _cli(capsys, *args) -> int:
     return rc
 
 
+def _damage(data: bytes, flips: list[tuple[int, int]], cut: int | None, skip: int = 0) -> bytearray:
+    """``data`` with bytes set at ``flips`` (positions past ``skip``), then cut to ``cut`` bytes."""
+    raw = bytearray(data)
+    for pos, byte in flips:
+        raw[pos % (len(raw) - skip) + skip] = byte
+    return raw[:cut % len(raw)] if cut is not None else raw
+
+
 def _resume(trained, work: Path, checkpoint: bytes, capsys) -> int:
     """Resume the run (marked interrupted) from ``checkpoint`` in a fresh copy of its folder and DB."""
     if work.exists():
@@ -168,11 +176,7 @@ def _resume(trained, work: Path, checkpoint: bytes, capsys) -> int:
        st.one_of(st.none(), st.integers(0, 10**9)))
 def test_a_damaged_checkpoint_file_is_refused_in_one_line(trained, tmp_path, capsys, flips, cut):
     _count("damaged checkpoint files")
-    raw = bytearray(trained["checkpoint"])
-    for pos, byte in flips:
-        raw[pos % len(raw)] = byte
-    if cut is not None:
-        raw = raw[:cut % len(raw)]
+    raw = _damage(trained["checkpoint"], flips, cut)
     path = tmp_path / "ck" / "checkpoint.pt"
     path.parent.mkdir(exist_ok=True)
     path.write_bytes(bytes(raw))
@@ -227,11 +231,7 @@ def test_a_checkpoint_with_missing_keys_or_absurd_values_is_refused_in_one_line(
        st.one_of(st.none(), st.integers(0, 10**9)))
 def test_a_damaged_results_database_is_refused_in_one_line(trained, tmp_path, capsys, flips, cut):
     _count("damaged databases")
-    raw = bytearray(trained["db"])
-    for pos, byte in flips:
-        raw[(pos % max(1, len(raw) - 100)) + 100] = byte  # past the 100-byte header: pages and schema
-    if cut is not None:
-        raw = raw[:cut % len(raw)]
+    raw = _damage(trained["db"], flips, cut, skip=100)  # past the 100-byte header: pages and schema
     work = tmp_path / "db"
     if work.exists():
         shutil.rmtree(work)
@@ -246,9 +246,7 @@ def test_a_damaged_results_database_is_refused_in_one_line(trained, tmp_path, ca
 @given(st.lists(st.tuples(st.integers(0, 10**9), st.integers(0, 255)), min_size=1, max_size=4))
 def test_a_report_from_a_damaged_database_is_refused_in_one_line(trained, tmp_path, capsys, flips):
     _count("reports from damaged databases")
-    raw = bytearray(trained["db"])
-    for pos, byte in flips:
-        raw[(pos % (len(raw) - 100)) + 100] = byte
+    raw = _damage(trained["db"], flips, None, skip=100)
     db = tmp_path / "report.db"
     db.write_bytes(bytes(raw))
     assert _cli(capsys, "report", "--db", db, "--out", tmp_path / "report") in (0, 2)
