@@ -149,14 +149,6 @@ def _cli(capsys, *args) -> int:
     return rc
 
 
-def _damage(data: bytes, flips: list[tuple[int, int]], cut: int | None, skip: int = 0) -> bytearray:
-    """``data`` with bytes set at ``flips`` (positions past ``skip``), then cut to ``cut`` bytes."""
-    raw = bytearray(data)
-    for pos, byte in flips:
-        raw[pos % (len(raw) - skip) + skip] = byte
-    return raw[:cut % len(raw)] if cut is not None else raw
-
-
 def _resume(trained, work: Path, checkpoint: bytes, capsys) -> int:
     """Resume the run (marked interrupted) from ``checkpoint`` in a fresh copy of its folder and DB."""
     if work.exists():
@@ -176,7 +168,11 @@ def _resume(trained, work: Path, checkpoint: bytes, capsys) -> int:
        st.one_of(st.none(), st.integers(0, 10**9)))
 def test_a_damaged_checkpoint_file_is_refused_in_one_line(trained, tmp_path, capsys, flips, cut):
     _count("damaged checkpoint files")
-    raw = _damage(trained["checkpoint"], flips, cut)
+    raw = bytearray(trained["checkpoint"])
+    for pos, byte in flips:
+        raw[pos % len(raw)] = byte
+    if cut is not None:
+        raw = raw[:cut % len(raw)]
     path = tmp_path / "ck" / "checkpoint.pt"
     path.parent.mkdir(exist_ok=True)
     path.write_bytes(bytes(raw))
@@ -231,7 +227,11 @@ def test_a_checkpoint_with_missing_keys_or_absurd_values_is_refused_in_one_line(
        st.one_of(st.none(), st.integers(0, 10**9)))
 def test_a_damaged_results_database_is_refused_in_one_line(trained, tmp_path, capsys, flips, cut):
     _count("damaged databases")
-    raw = _damage(trained["db"], flips, cut, skip=100)  # past the 100-byte header: pages and schema
+    raw = bytearray(trained["db"])
+    for pos, byte in flips:
+        raw[(pos % max(1, len(raw) - 100)) + 100] = byte  # past the 100-byte header: pages and schema
+    if cut is not None:
+        raw = raw[:cut % len(raw)]
     work = tmp_path / "db"
     if work.exists():
         shutil.rmtree(work)
@@ -246,7 +246,9 @@ def test_a_damaged_results_database_is_refused_in_one_line(trained, tmp_path, ca
 @given(st.lists(st.tuples(st.integers(0, 10**9), st.integers(0, 255)), min_size=1, max_size=4))
 def test_a_report_from_a_damaged_database_is_refused_in_one_line(trained, tmp_path, capsys, flips):
     _count("reports from damaged databases")
-    raw = _damage(trained["db"], flips, None, skip=100)
+    raw = bytearray(trained["db"])
+    for pos, byte in flips:
+        raw[(pos % (len(raw) - 100)) + 100] = byte
     db = tmp_path / "report.db"
     db.write_bytes(bytes(raw))
     assert _cli(capsys, "report", "--db", db, "--out", tmp_path / "report") in (0, 2)

@@ -143,6 +143,9 @@ class Store:
             yield
         except sqlite3.Error as e:
             raise StoreError(_store_message(self.path, e)) from None
+        except UnicodeDecodeError:  # a damaged page under a text column
+            raise StoreError(f"results database {self.path} is damaged (a text value is not UTF-8); move it away "
+                             f"or pass another --db") from None
 
     def _enable_wal(self, attempts: int = 100) -> None:
         """Switch to write-ahead logging. SQLite answers "database is locked" at once, without
