@@ -118,6 +118,13 @@ def test_any_toml_file_is_read_or_refused_with_a_config_error(tmp_path, doc, kin
 
 # -- checkpoints and databases of a real (tiny) run ----------------------------------------------------------
 
+class _Trained(dict):
+    """The fixture's files, shown briefly in hypothesis' report of a failing example."""
+
+    def __repr__(self) -> str:
+        return "<trained run>"
+
+
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
     """A finished 1-epoch DLRT run (rows, run folder, checkpoint), its data and its files' bytes."""
@@ -133,10 +140,10 @@ def trained(tmp_path_factory):
     store = Store(root / "results.db")
     res = train_run(cfg, store=store, runs_dir=root / "runs", data=data)
     store.close()
-    return {"root": root, "data": data, "run_dir": res.run_dir,
+    return _Trained({"root": root, "data": data, "run_dir": res.run_dir,
             "checkpoint": (res.run_dir / "checkpoint.pt").read_bytes(),
             "payload": torch.load(res.run_dir / "checkpoint.pt", weights_only=True),
-            "db": (root / "results.db").read_bytes()}
+            "db": (root / "results.db").read_bytes()})
 
 
 def _cli(capsys, *args) -> int:
@@ -147,6 +154,14 @@ def _cli(capsys, *args) -> int:
         lines = err.strip().splitlines()
         assert len(lines) == 1 and lines[0].startswith("lowrank: error:"), err
     return rc
+
+
+def _damage(data: bytes, flips: list[tuple[int, int]], cut: int | None, skip: int = 0) -> bytearray:
+    """``data`` with bytes set at ``flips`` (positions past ``skip``), then cut to ``cut`` bytes."""
+    raw = bytearray(data)
+    for pos, byte in flips:
+        raw[pos % (len(raw) - skip) + skip] = byte
+    return raw[:cut % len(raw)] if cut is not None else raw
 
 
 def _resume(trained, work: Path, checkpoint: bytes, capsys) -> int:
@@ -168,11 +183,7 @@ def _resume(trained, work: Path, checkpoint: bytes, capsys) -> int:
        st.one_of(st.none(), st.integers(0, 10**9)))
 def test_a_damaged_checkpoint_file_is_refused_in_one_line(trained, tmp_path, capsys, flips, cut):
     _count("damaged checkpoint files")
-    raw = bytearray(trained["checkpoint"])
-    for pos, byte in flips:
-        raw[pos % len(raw)] = byte
-    if cut is not None:
-        raw = raw[:cut % len(raw)]
+    raw = _damage(trained["checkpoint"], flips, cut)
     path = tmp_path / "ck" / "checkpoint.pt"
     path.parent.mkdir(exist_ok=True)
     path.write_bytes(bytes(raw))
@@ -227,11 +238,7 @@ def test_a_checkpoint_with_missing_keys_or_absurd_values_is_refused_in_one_line(
        st.one_of(st.none(), st.integers(0, 10**9)))
 def test_a_damaged_results_database_is_refused_in_one_line(trained, tmp_path, capsys, flips, cut):
     _count("damaged databases")
-    raw = bytearray(trained["db"])
-    for pos, byte in flips:
-        raw[(pos % max(1, len(raw) - 100)) + 100] = byte  # past the 100-byte header: pages and schema
-    if cut is not None:
-        raw = raw[:cut % len(raw)]
+    raw = _damage(trained["db"], flips, cut, skip=100)  # past the 100-byte header: pages and schema
     work = tmp_path / "db"
     if work.exists():
         shutil.rmtree(work)
@@ -246,9 +253,7 @@ def test_a_damaged_results_database_is_refused_in_one_line(trained, tmp_path, ca
 @given(st.lists(st.tuples(st.integers(0, 10**9), st.integers(0, 255)), min_size=1, max_size=4))
 def test_a_report_from_a_damaged_database_is_refused_in_one_line(trained, tmp_path, capsys, flips):
     _count("reports from damaged databases")
-    raw = bytearray(trained["db"])
-    for pos, byte in flips:
-        raw[(pos % (len(raw) - 100)) + 100] = byte
+    raw = _damage(trained["db"], flips, None, skip=100)
     db = tmp_path / "report.db"
     db.write_bytes(bytes(raw))
     assert _cli(capsys, "report", "--db", db, "--out", tmp_path / "report") in (0, 2)

@@ -151,16 +151,15 @@ class Store:
         """Switch to write-ahead logging. SQLite answers "database is locked" at once, without
         waiting for the busy timeout, while another process is creating the same database;
         so retry for a while, then fail with the path named."""
-        for _ in range(attempts):
-            try:
-                self.conn.raw.execute("PRAGMA journal_mode=WAL")
-                return
-            except sqlite3.OperationalError as e:
-                if "locked" not in str(e):
-                    raise StoreError(_store_message(self.path, e)) from None
+        with self._translated():  # damaged files fail here already (sqlite errors, undecodable text)
+            for _ in range(attempts):
+                try:
+                    self.conn.raw.execute("PRAGMA journal_mode=WAL")
+                    return
+                except sqlite3.OperationalError as e:
+                    if "locked" not in str(e):
+                        raise
                 time.sleep(0.05)
-            except sqlite3.Error as e:
-                raise StoreError(_store_message(self.path, e)) from None
         raise StoreError(f"results database {self.path} stayed locked by another process; "
                          f"wait for it or pass another --db")
 

@@ -100,8 +100,10 @@ class LoopState:
                         perm=d.get("perm"), partial={k: float(v) for k, v in dict(d.get("partial") or
                                                                                    {"loss_sum": 0.0, "time": 0.0}).items()},
                         torch_rng=d.get("torch_rng"))
-            if not all(isinstance(h, dict) for h in state.history) or len(state.history) != state.epoch:
+            if len(state.history) != state.epoch:
                 raise ValueError(f"{len(state.history)} history rows for {state.epoch} epochs")
+            for i, row in enumerate(state.history):
+                _check_history_row(i, row)
             if state.perm is not None and (not torch.is_tensor(state.perm) or state.perm.dim() != 1
                                            or state.perm.dtype != torch.int64):
                 raise ValueError("the data order is not a 1-D int64 tensor")
@@ -113,6 +115,26 @@ class LoopState:
             raise CheckpointError(f"the checkpoint's loop state is damaged ({type(e).__name__}: "
                                   f"{str(e).splitlines()[0] if str(e) else e!r})") from None
         return state
+
+
+#: The numbers every history row holds (``fit`` writes them; summaries add them up).
+HISTORY_NUMBERS = ("train_loss", "epoch_time", "samples_per_s", "peak_mem")
+
+
+def _check_history_row(i: int, row: Any) -> None:
+    """Row ``i`` of a loop history as :func:`fit` writes it: its epoch, numbers (or None for
+    optional metrics), an ``extra`` dict and ``ranks`` (a dict or None); else ValueError."""
+    if not isinstance(row, dict) or row.get("epoch") != i:
+        raise ValueError(f"history row {i} is not the record of epoch {i}")
+    for key, v in row.items():
+        if key == "extra" or key == "ranks":
+            if not isinstance(v, dict) and not (key == "ranks" and v is None):
+                raise ValueError(f"history row {i}: {key} is {type(v).__name__}, not a dict")
+        elif key != "epoch" and v is not None and (isinstance(v, bool) or not isinstance(v, (int, float))):
+            raise ValueError(f"history row {i}: {key} is {type(v).__name__}, not a number")
+    missing = [k for k in HISTORY_NUMBERS if row.get(k) is None]
+    if missing:
+        raise ValueError(f"history row {i} lacks {', '.join(missing)}")
 
 
 def _count(v: Any) -> int:
