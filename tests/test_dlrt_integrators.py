@@ -256,6 +256,45 @@ def test_cholesky_qr2_matches_householder_and_refuses_ill_conditioned(dtype) -> 
         assert orthonormality_error(q.double()) <= 10 * tol
 
 
+def test_cholesky_ql2_matches_householder_on_reversed_columns() -> None:
+    g = torch.Generator().manual_seed(1)
+    k = CHOLESKY_QR_MIN_COLS
+    a = torch.randn(CHOLESKY_QR_MIN_ROWS, k, generator=g)
+    q, lo = cholesky_qr2(a, lower=True)
+    q0, r0 = torch.linalg.qr(a.double().flip(-1))
+    sign = torch.sign(torch.diagonal(r0))
+    torch.testing.assert_close(q.double(), (q0 * sign).flip(-1), atol=1e-5, rtol=0)
+    torch.testing.assert_close(lo.double(), (r0 * sign[:, None]).flip(-2, -1), atol=1e-4, rtol=0)
+    assert torch.triu(lo, 1).abs().max() == 0 and orthonormality_error(q.double()) <= 1e-5
+    assert ql_positive(a)[0].equal(q)        # ql_positive takes this path at this shape
+
+
+def test_power_step_at_cholesky_shapes_equals_float64_formulas() -> None:
+    """At the shapes where the power step takes CholeskyQR2 (and ``C = S1 R_Y^{-1}`` instead of
+    ``U0^T Q_Y``), its bases and core equal the float64 evaluation of the module's formulas."""
+    from lowrank.methods.dlrt.power import parallel_power_step
+
+    g = torch.Generator().manual_seed(0)
+    n, m, r = CHOLESKY_QR_MIN_ROWS, CHOLESKY_QR_MIN_ROWS + 100, CHOLESKY_QR_MIN_COLS
+    U0 = torch.linalg.qr(torch.randn(n, r, generator=g, dtype=F64))[0]
+    V0 = torch.linalg.qr(torch.randn(m, r, generator=g, dtype=F64))[0]
+    S1 = torch.triu(torch.randn(r, r, generator=g, dtype=F64)) + torch.diag(torch.logspace(1, -1, r, dtype=F64))
+    K1 = U0 @ S1 + 1e-2 * torch.randn(n, r, generator=g, dtype=F64)
+    L1 = V0 @ S1.T + 1e-2 * torch.randn(m, r, generator=g, dtype=F64)
+    W = U0 @ S1 @ V0.T + (K1 - U0 @ (U0.T @ K1)) @ V0.T + U0 @ (L1 - V0 @ (V0.T @ L1)).T   # W^ densely
+    q, rr = torch.linalg.qr(W @ V0)
+    Qy = q * torch.sign(torch.diagonal(rr))
+    q, rr = torch.linalg.qr((W.T @ Qy).flip(-1))
+    sign = torch.sign(torch.diagonal(rr))
+    Qx, Lx = (q * sign).flip(-1), (rr * sign[:, None]).flip(-2, -1)
+    st = parallel_power_step(*(t.float() for t in (U0, V0, S1, K1, L1)))
+    torch.testing.assert_close(st.left.double(), Qy, atol=1e-4, rtol=0)
+    torch.testing.assert_close(st.right.double(), Qx, atol=1e-4, rtol=0)
+    torch.testing.assert_close(st.core.double(), Lx.T, atol=1e-4 * float(Lx.abs().max()), rtol=0)
+    torch.testing.assert_close(st.left_overlap.double(), U0.T @ Qy, atol=1e-4, rtol=0)
+    assert st.total_sq == pytest.approx(float(W.square().sum()), rel=1e-5)
+
+
 @pytest.mark.parametrize("integrator", ["kls", "parallel"])
 def test_adaptive_ranks_respect_caps(integrator: str) -> None:
     torch.manual_seed(0)

@@ -17,6 +17,9 @@ __all__ = [
     "ql_positive",
     "cholesky_qr2",
     "truncated_svd",
+    "householder_qr_positive",
+    "takes_cholesky_qr",
+    "cholesky_qr2",
     "rank_for_energy",
     "rank_for_param_ratio",
     "rank_for_tolerance",
@@ -51,19 +54,33 @@ def qr_positive(a: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 
     Matrices of moderate condition with at least :data:`CHOLESKY_QR_MIN_ROWS` rows and
     :data:`CHOLESKY_QR_MIN_COLS` columns are factored by CholeskyQR2 (:func:`cholesky_qr2`),
-    matrix products, which is faster there than Householder QR (measured on 2 CPU cores:
-    (2048, 205) 8.9 against 12.9 ms, (2048, 41) 0.56 against 0.79 ms; but (784, 128) 1.64
-    against 1.22 ms, (784, 20) 0.26 against 0.12 ms). The rest by Householder. Both give the
-    same (unique) factors to rounding.
+    matrix products; the rest by Householder. Both give the same (unique) factors to rounding.
     """
-    rows, cols = a.shape[-2:] if a.dim() == 2 else (0, 0)     # batched input: Householder
-    if rows >= max(CHOLESKY_QR_MIN_ROWS, 2 * cols) and cols >= CHOLESKY_QR_MIN_COLS:
+    if takes_cholesky_qr(a):
         qr = cholesky_qr2(a)
         if qr is not None:
             return qr
+    return householder_qr_positive(a)
+
+
+def householder_qr_positive(a: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """:func:`qr_positive` by Householder QR (LAPACK / cuSOLVER), whatever the shape."""
     q, r = torch.linalg.qr(a)
     sign = _positive_diagonal(r)
     return q * sign, r * sign[:, None]
+
+
+def ql_positive(a: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Reduced ``a = Q L`` with ``L`` lower triangular, ``diag(L) >= 0`` (the QR of ``a`` with
+    its columns reversed): for ``a = B T`` with ``B`` orthonormal and ``T`` lower triangular
+    with a positive diagonal it returns ``Q = B``. CholeskyQR2 where :func:`qr_positive`
+    takes it (no reversed copy of ``a``), else Householder on the reversed columns."""
+    if takes_cholesky_qr(a):
+        ql = cholesky_qr2(a, lower=True)
+        if ql is not None:
+            return ql
+    q, r = qr_positive(a.flip(-1))
+    return q.flip(-1), r.flip(-2, -1)
 
 
 #: Smallest shape for which :func:`qr_positive` takes CholeskyQR2 (below, LAPACK's Householder
@@ -77,9 +94,18 @@ CHOLESKY_QR_MIN_COLS = 32
 CHOLESKY_QR_MAX_SPREAD = {torch.float32: 1e3, torch.float64: 1e6}
 
 
-def cholesky_qr2(a: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor] | None:
+def takes_cholesky_qr(a: torch.Tensor) -> bool:
+    """Does :func:`qr_positive` try CholeskyQR2 on ``a``? (its shape only)"""
+    rows, cols = a.shape[-2:] if a.dim() == 2 else (0, 0)     # batched input: Householder
+    return rows >= max(CHOLESKY_QR_MIN_ROWS, 2 * cols) and cols >= CHOLESKY_QR_MIN_COLS
+
+
+def cholesky_qr2(a: torch.Tensor, lower: bool = False) -> tuple[torch.Tensor, torch.Tensor] | None:
     """``a = Q R`` (``a`` tall, ``diag(R) > 0``) by two passes of ``R_i = chol(Q_i^T Q_i)^T``,
     ``Q_{i+1} = Q_i R_i^{-1}``, ``R = R_2 R_1``; None when ``a`` is too ill-conditioned for it.
+    ``lower``: ``a = Q L`` instead, ``L`` lower triangular (``Q_i^T Q_i = L_i^T L_i``: the
+    Cholesky factor of the Gram matrix with rows and columns reversed, reversed back; only
+    ``r x r`` matrices are reversed).
 
     One pass leaves ``||Q^T Q - I||`` ~ ``eps cond(a)^2``; the second, on a ``Q`` of condition
     ~1, brings it to ~``eps`` (Fukaya et al., "CholeskyQR2", 2014). Accepted when both
@@ -92,25 +118,22 @@ def cholesky_qr2(a: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor] | None:
     eye = torch.eye(a.shape[1], dtype=a.dtype, device=a.device)
     q, r, ok = a, None, None
     for _ in range(2):
-        low, info = torch.linalg.cholesky_ex(q.T @ q)          # (r, r): Q_i^T Q_i = low low^T
-        inv = torch.linalg.solve_triangular(low.T, eye, upper=True)
-        q = q @ inv                                            # (n, r)
+        gram = q.T @ q                                         # (r, r)
+        if lower:
+            low, info = torch.linalg.cholesky_ex(gram.flip(-2, -1))
+            tri = low.T.flip(-2, -1)                           # lower: gram = tri^T tri
+        else:
+            low, info = torch.linalg.cholesky_ex(gram)        # gram = low low^T
+            tri = low.T                                        # upper: gram = tri^T tri
+        q = q @ torch.linalg.solve_triangular(tri, eye, upper=not lower)   # (n, r)
         if r is None:
-            d = torch.diagonal(low)
+            d = torch.diagonal(tri)
             ok = (info == 0) & (d.min() * spread >= d.max())
-            r = low.T
+            r = tri
         else:
             ok = ok & (info == 0)
-            r = low.T @ r
+            r = tri @ r
     return (q, r) if bool(ok) else None
-
-
-def ql_positive(a: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Reduced ``a = Q L`` with ``L`` lower triangular, ``diag(L) >= 0`` (the QR of ``a`` with
-    its columns reversed): for ``a = B T`` with ``B`` orthonormal and ``T`` lower triangular
-    with a positive diagonal it returns ``Q = B``."""
-    q, r = qr_positive(a.flip(-1))
-    return q.flip(-1), r.flip(-2, -1)
 
 
 def truncated_svd(w: torch.Tensor, rank: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:

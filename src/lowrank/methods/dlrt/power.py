@@ -26,7 +26,11 @@ For the parallel integrator ``W^`` is never formed, nor are the augmented bases:
     X  = W^^T Q_Y = V0 Y^T Q_Y + Z_L C = V0 (R_Y^T - B C) + L1 C,   C = U0^T Q_Y
     ||W^||_F^2 = ||S1||^2 + ||K1||^2 - ||A||^2 + ||L1||^2 - ||B||^2
 
-so a step costs two ``(n, r)`` / ``(m, r)`` QRs and six ``(n, r) x (r, r)`` products.
+so a step costs two ``(n, r)`` / ``(m, r)`` QRs and six ``(n, r) x (r, r)`` products, or
+five: ``U0^T Y = A + S1 - A = S1``, so ``C = S1 R_Y^{-1}``, an ``r x r`` triangular solve.
+That is taken when ``R_Y`` is known to be well conditioned (CholeskyQR2 succeeded on ``Y``);
+an error ``dC`` of the solve reaches ``X`` only as ``Z_L dC`` (the ``V0 B C`` and ``L1 C``
+terms cancel but for ``Z_L C``), a rounding error times the step's own size.
 For SGD, ``S1 = A`` and ``Q_Y = orth(K1)``: the left basis is the KLS one.
 
 Coordinates. ``Y`` is factored as ``Q_Y R_Y`` (QR) and ``X`` as ``Q_X L_X`` (QL: ``L_X``
@@ -46,7 +50,7 @@ from typing import NamedTuple
 
 import torch
 
-from ...linalg import ql_positive, qr_positive
+from ...linalg import cholesky_qr2, householder_qr_positive, ql_positive, takes_cholesky_qr
 from .truncation import tolerance_sq
 
 __all__ = ["PowerStep", "parallel_power_step", "core_power_step", "needs_exact"]
@@ -91,8 +95,13 @@ def parallel_power_step(U0: torch.Tensor, V0: torch.Tensor, S1: torch.Tensor, K1
     A = U0.T @ K1                                          # (r, r)
     B = V0.T @ L1                                          # (r, r)
     Y = torch.addmm(K1, U0, S1 - A)                        # (n, r) = W^ V0
-    Qy, Ry = qr_positive(Y)
-    C = U0.T @ Qy                                          # (r, r)
+    qr = cholesky_qr2(Y) if takes_cholesky_qr(Y) else None
+    if qr is not None:       # R_Y is well conditioned (Cholesky of Y^T Y succeeded): C = S1 R_Y^{-1}
+        Qy, Ry = qr
+        C = torch.linalg.solve_triangular(Ry, S1, upper=True, left=False)  # (r, r) = U0^T Q_Y
+    else:
+        Qy, Ry = householder_qr_positive(Y)
+        C = U0.T @ Qy                                      # (r, r)
     X = torch.addmm(L1 @ C, V0, torch.addmm(Ry.T, B, C, alpha=-1))  # (m, r) = W^^T Q_Y
     Qx, Lx = ql_positive(X)
     total = None
