@@ -74,8 +74,10 @@ def _choices() -> dict[str, tuple[str, ...]]:
     from .optimizers import OPTIMIZERS, SCHEDULES
     from .registry import method_names
 
+    from .config import AUTOCAST_MODES
+
     return {"method": method_names(), "optimizer": tuple(OPTIMIZERS), "schedule": tuple(SCHEDULES),
-            "loss": tuple(LOSSES), "activation": tuple(ACTIVATIONS)}
+            "loss": tuple(LOSSES), "activation": tuple(ACTIVATIONS), "autocast": AUTOCAST_MODES}
 
 
 def _add_fields(group: Any, cls: type, section: str, seen: set[str], choices: dict[str, tuple[str, ...]],

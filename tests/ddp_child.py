@@ -1,0 +1,39 @@
+"""The worker side of tests/test_distributed.py: one of several gloo processes training one config.
+
+``worker(rank, size, init_file, cfg_dicts, out_dir)`` joins a process group by a
+rendezvous file, trains each config of ``cfg_dicts`` in turn data-parallel with a
+replica check after every step, and saves its model, ranks and history to
+``out_dir/<config index>-<rank>.pt``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+
+def worker(rank: int, size: int, init_file: str, cfg_dicts: list[dict[str, Any]], out_dir: str) -> None:
+    import torch
+    import torch.distributed as dist
+
+    from lowrank.config import TrainConfig
+    from lowrank.data import load_dataset
+    from lowrank.distributed import DataParallelStepper, world
+    from lowrank.run import fit_options, prepare
+    from lowrank.train import fit
+
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=size)
+    try:
+        for i, cfg_dict in enumerate(cfg_dicts):
+            cfg = TrainConfig.from_dict(cfg_dict)
+            data = load_dataset(cfg.data, seed=cfg.seed)
+            model, stepper, _ = prepare(cfg, data, None,
+                                        lambda c, k, s: DataParallelStepper(s, world(), check_every=1))
+            history = fit(model, data, stepper, **fit_options(cfg))
+            ranks = stepper.optimizer.ranks() if hasattr(stepper.optimizer, "ranks") else {}
+            torch.save({"state": model.state_dict(), "ranks": ranks, "history": history,
+                        "checks": stepper.replica_checks, "reduces": stepper.averager.calls},
+                       Path(out_dir) / f"{i}-{rank}.pt")
+    finally:
+        dist.destroy_process_group()
