@@ -37,3 +37,42 @@ def worker(rank: int, size: int, init_file: str, cfg_dicts: list[dict[str, Any]]
                        Path(out_dir) / f"{i}-{rank}.pt")
     finally:
         dist.destroy_process_group()
+
+
+class StopAfterEpoch:
+    """A callback that stops training (as Ctrl-C would) once ``epoch`` epochs are done."""
+
+    def __init__(self, epoch: int):
+        self.epoch = epoch
+
+    def __getattr__(self, name: str):          # every other hook: nothing
+        if name.startswith("on_"):
+            return lambda *a: None
+        raise AttributeError(name)
+
+    def on_epoch_end(self, loop, row) -> None:
+        if loop.state.epoch == self.epoch:
+            raise KeyboardInterrupt
+
+
+def run_worker(rank: int, size: int, init_file: str, cfg_dict: dict[str, Any] | None, resume: int | None,
+               db: str, runs_dir: str, stop_after: int | None) -> None:
+    """``lowrank.distributed_run.train_distributed`` in one of ``size`` processes: a stored run,
+    started (``cfg_dict``) or resumed (``resume``), optionally stopped after an epoch."""
+    import torch
+    import torch.distributed as dist
+
+    from lowrank.config import TrainConfig
+    from lowrank.distributed_run import train_distributed
+
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=size)
+    try:
+        cfg = TrainConfig.from_dict(cfg_dict) if cfg_dict is not None and rank == 0 else None
+        stop = [StopAfterEpoch(stop_after)] if stop_after else []
+        try:
+            train_distributed(cfg, resume=resume, db=db, runs_dir=runs_dir, check_every=1, replica_callbacks=stop)
+        except KeyboardInterrupt:
+            pass
+    finally:
+        dist.destroy_process_group()

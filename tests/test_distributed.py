@@ -94,3 +94,37 @@ def test_shards_cover_the_batch_once(n, size) -> None:
     assert bounds[0][0] == 0 and bounds[-1][1] == n
     assert all(a[1] == b[0] for a, b in zip(bounds, bounds[1:]))
     assert [h - l for l, h in bounds] == [len(c) for c in torch.arange(n).tensor_split(size)]
+
+
+def test_checkpoints_do_not_depend_on_the_number_of_processes(tmp_path) -> None:
+    """A run written by 2 processes resumes in 1, one written by 1 resumes in 2; both end as the
+    uninterrupted single-process run (float tolerance), with the rows of every epoch."""
+    from lowrank.run import resume_run, train_run
+    from lowrank.store import Store
+
+    cfg = config({"method": "dlrt", "integrator": "parallel", "rank": 6, "adaptive": True, "tau": 0.4,
+                  "max_rank": 16}, epochs=3)
+    db, runs = str(tmp_path / "r.db"), str(tmp_path / "runs")
+    store = Store(db)
+    ref = train_run(cfg, store=store, runs_dir=runs)                       # run 1: uninterrupted
+    # Run 2: written by 2 processes, stopped after epoch 1, resumed by 1 process.
+    mp.spawn(ddp_child.run_worker, args=(2, str(tmp_path / "rv1"), cfg.to_dict(), None, db, runs, 1), nprocs=2)
+    assert Store(db).run(2)["status"] == "interrupted"
+    two_then_one = resume_run(2, store=Store(db))
+    # Run 3: written by 1 process, stopped after epoch 1, resumed by 2 processes.
+    with pytest.raises(KeyboardInterrupt):
+        train_run(cfg, store=Store(db), runs_dir=runs, callbacks=[ddp_child.StopAfterEpoch(1)])
+    mp.spawn(ddp_child.run_worker, args=(2, str(tmp_path / "rv2"), None, 3, db, runs, None), nprocs=2)
+    final = Store(db)
+    assert [final.run(i)["status"] for i in (1, 2, 3)] == ["finished"] * 3
+    from lowrank.checkpoint import load_model, read_checkpoint
+    from lowrank.run import build_model
+
+    one_then_two = load_model(build_model(cfg, load_dataset(cfg.data, seed=cfg.seed)),
+                              read_checkpoint(final.run(3)["run_dir"]))
+    for k, v in ref.model.state_dict().items():
+        torch.testing.assert_close(two_then_one.model.state_dict()[k], v, atol=2e-5, rtol=1e-4, msg=k)
+        torch.testing.assert_close(one_then_two.state_dict()[k], v, atol=2e-5, rtol=1e-4, msg=k)
+    assert len(final.epochs(2)) == len(final.epochs(3)) == 3
+    assert [e["test_acc"] for e in final.epochs(3)] == pytest.approx([e["test_acc"] for e in final.epochs(1)],
+                                                                      abs=0.011)

@@ -15,6 +15,7 @@ import dataclasses
 import inspect
 import json
 import math
+import os
 import sys
 import textwrap
 import types
@@ -175,20 +176,32 @@ def cmd_train(ns: argparse.Namespace) -> int:
     from .run import resume_run, train_run
     from .train import ForcedInterrupt
 
-    store = _store(ns)
+    from .distributed import launched_by_torchrun
+
     progress = sys.stderr.isatty() and not ns.quiet
+    if ns.nproc < 1 or ns.check_replicas < 0:
+        raise LowRankError(f"--nproc must be >= 1 and --check-replicas >= 0, got {ns.nproc} and {ns.check_replicas}")
     try:
+        cfg = None
         if ns.resume is not None:
             given = [_flag(k.split(".", 1)[1]) for k, v in vars(ns).items() if "." in k and v is not None]
             if given:
                 raise LowRankError(f"--resume continues run {ns.resume} with its stored config; "
                                    f"{', '.join(given)} cannot change it (start a new run instead)")
-            result = resume_run(ns.resume, store=store, progress=progress, tensorboard=ns.tensorboard,
-                                on_epoch=None if ns.quiet or ns.json else _print_epoch)
         else:
             cfg = config_from_args(ns)
-            result = train_run(cfg, store=store, runs_dir=ns.runs_dir, progress=progress, tensorboard=ns.tensorboard,
-                               on_epoch=None if ns.quiet or ns.json else _print_epoch)
+        if launched_by_torchrun():
+            result = _train_process(ns, cfg, progress)
+            if result is None:
+                return 0
+        elif ns.nproc > 1:
+            return _launch_processes(ns, cfg)
+        elif cfg is None:
+            result = resume_run(ns.resume, store=_store(ns), progress=progress, tensorboard=ns.tensorboard,
+                                on_epoch=None if ns.quiet or ns.json else _print_epoch)
+        else:
+            result = train_run(cfg, store=_store(ns), runs_dir=ns.runs_dir, progress=progress,
+                               tensorboard=ns.tensorboard, on_epoch=None if ns.quiet or ns.json else _print_epoch)
     except ForcedInterrupt:
         print("\nlowrank: stopped at once (second interrupt); the last epoch's checkpoint is kept. Continue "
               "with: lowrank train --resume <run id> (`lowrank runs` lists it)", file=sys.stderr)
@@ -211,6 +224,38 @@ def cmd_train(ns: argparse.Namespace) -> int:
               f"{s['epoch_time']:.2f} s/epoch, hidden weights kept "
               f"{100 * s['hidden_weights']['ratio']:.1f}% -> {result.run_dir}")
     return 0
+
+
+def _train_process(ns: argparse.Namespace, cfg: TrainConfig | None, progress: bool) -> Any:
+    """One of the processes torchrun started: process 0 records and returns the result, the others None."""
+    from .distributed_run import train_distributed
+
+    main = os.environ.get("RANK", "0") == "0"       # torchrun's; the process group is joined inside
+    _, result = train_distributed(cfg, resume=ns.resume, db=ns.db, runs_dir=ns.runs_dir,
+                                  check_every=ns.check_replicas, progress=progress and main,
+                                  tensorboard=ns.tensorboard if main else None,
+                                  on_epoch=None if ns.quiet or ns.json or not main else _print_epoch)
+    return result
+
+
+def _launch_processes(ns: argparse.Namespace, cfg: TrainConfig | None) -> int:
+    """``lowrank train --nproc N``: the same command in N processes under torchrun."""
+    from .distributed_run import launch
+
+    env = dict(os.environ)
+    if cfg is None:                     # resume: the processes join with the stored run's device
+        row = _store(ns).run(ns.resume)
+        if row is None:
+            raise LowRankError(f"no run {ns.resume} in {ns.db}; `lowrank runs` lists the runs")
+        env["LOWRANK_DIST_DEVICE"] = str(row["config"].get("device", "cpu"))
+    res = launch(ns.nproc, [*ns.argv, "--db", ns.db], env=env, echo=lambda line: print(line, end="", file=sys.stderr))
+    if res.returncode == 0:
+        return 0
+    if res.returncode in (-2, 130) and res.error is None:
+        return 130
+    raise LowRankError(res.error.removeprefix("lowrank: error: ") if res.error else
+                       f"training with {ns.nproc} processes failed (exit status {res.returncode}); "
+                       f"the output above says why")
 
 
 def _final(last: dict[str, Any], summary: dict[str, Any]) -> dict[str, Any]:
@@ -758,6 +803,10 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--quiet", action="store_true", help="no per-epoch lines or progress bar")
     t.add_argument("--tensorboard", default=None, metavar="DIR",
                    help="also write TensorBoard logs to DIR/<run id>-<method>")
+    t.add_argument("--nproc", type=int, default=1, metavar="N",
+                   help="data-parallel training in N local processes (torchrun; each takes 1/N of every batch)")
+    t.add_argument("--check-replicas", type=int, default=0, metavar="K",
+                   help="data-parallel: every K steps verify the processes' models are identical (0: never)")
     _add_config_flags(t)
     t.set_defaults(func=cmd_train)
 
@@ -860,6 +909,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         parser = build_parser()   # imports the methods, plugins included
         ns = parser.parse_args(argv)
+        ns.argv = list(sys.argv[1:] if argv is None else argv)
         if ns.db is None:
             from .store import default_db_path
             ns.db = str(default_db_path())

@@ -20,7 +20,7 @@ import os
 import re
 import subprocess
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -30,22 +30,23 @@ from .distributed import DataParallelStepper, World, broadcast_object, init_from
 from .errors import ConfigError
 from .run import RunResult, fit_options, prepare, resume_run, train_run
 from .store import Store
-from .train import LoopState, fit
+from .train import Callback, LoopState, fit
 
 __all__ = ["train_distributed", "launch", "strip_nproc", "LaunchResult"]
 
 
 def train_distributed(cfg: TrainConfig | None, *, resume: int | None = None, db: str | Path | None = None,
                       runs_dir: str | Path = "runs", check_every: int = 0,
-                      **recording: Any) -> tuple[World, RunResult | None]:
+                      replica_callbacks: Sequence[Callback] = (), **recording: Any) -> tuple[World, RunResult | None]:
     """Train (``cfg``) or resume (``resume``, a run id) one run with the processes torchrun started.
 
     Process 0 opens ``db`` and records as :func:`~lowrank.run.train_run` does
     (``recording``: its ``progress``, ``on_epoch``, ``tensorboard``, ``callbacks``); the
     others write nothing and return ``(world, None)``. ``check_every``: every this many
     steps verify that the processes' models are identical (see
-    :class:`~lowrank.distributed.DataParallelStepper`). ``cfg`` may be None on processes
-    other than 0 (they take process 0's).
+    :class:`~lowrank.distributed.DataParallelStepper`). ``replica_callbacks``: callbacks every
+    process runs (after process 0's recording ones; they must act alike everywhere, e.g. a
+    stop after an epoch). ``cfg`` may be None on processes other than 0 (they take process 0's).
     """
     device = cfg.device if cfg is not None else os.environ.get("LOWRANK_DIST_DEVICE", "cpu")
     world = init_from_env(device)
@@ -59,8 +60,10 @@ def train_distributed(cfg: TrainConfig | None, *, resume: int | None = None, db:
             raise ConfigError("process 0 of a data-parallel run needs the results database (--db)")
         store = Store(db)
         if resume is not None:
+            recording["callbacks"] = [*recording.get("callbacks", ()), *replica_callbacks]
             return world, resume_run(resume, store=store, wrap_stepper=wrap, **recording)
         assert cfg is not None
+        recording["callbacks"] = [*recording.get("callbacks", ()), *replica_callbacks]
         return world, train_run(cfg, store=store, runs_dir=runs_dir, wrap_stepper=wrap, **recording)
     sent, ckpt = broadcast_object()
     run_cfg = TrainConfig.from_dict(sent)
@@ -68,7 +71,7 @@ def train_distributed(cfg: TrainConfig | None, *, resume: int | None = None, db:
     model, stepper, _ = prepare(run_cfg, data, ckpt,
                                 lambda c, k, s: DataParallelStepper(s, world, check_every))
     state = LoopState.from_state_dict(ckpt["loop"]) if ckpt is not None else None
-    fit(model, data, stepper, state=state, **fit_options(run_cfg))
+    fit(model, data, stepper, state=state, callbacks=list(replica_callbacks), **fit_options(run_cfg))
     return world, None
 
 
