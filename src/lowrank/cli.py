@@ -643,9 +643,16 @@ def cmd_sweep(ns: argparse.Namespace) -> int:
     if ns.workers < 1:
         raise LowRankError(f"--workers must be at least 1, got {ns.workers}")
     matrix = load_matrix(ns.matrix)
+    shard = None
+    if ns.shard is not None:
+        from .sweep_shard import parse_shard, shard_matrix
+
+        shard = parse_shard(ns.shard)
+        matrix = shard_matrix(matrix, shard)
     store = _store(ns)
     plan = plan_sweep(matrix, store)
-    print(f"sweep {matrix.name}: {len(plan.states)} grid points: {plan.count('done')} done, "
+    print(f"sweep {matrix.name}{f' shard {shard}' if shard else ''}: {len(plan.states)} grid points: "
+          f"{plan.count('done')} done, "
           f"{plan.count('resume')} to resume, {plan.count('start')} to start"
           , flush=True)
     for st in plan.states:
@@ -779,6 +786,16 @@ def cmd_export(ns: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_merge(ns: argparse.Namespace) -> int:
+    from .merge import merge_databases
+
+    r = merge_databases(ns.out, ns.inputs)
+    print(f"merged {len(r.per_input)} databases ({', '.join(f'{p}: {n} runs' for p, n in r.per_input.items())}) "
+          f"into {r.out}: {r.runs} runs, {r.duplicates} duplicates left out"
+          + (f"; {r.missing_folders} run folders are not on this machine" if r.missing_folders else ""))
+    return 0
+
+
 # -- parser -------------------------------------------------------------------------------------
 
 class _Parser(argparse.ArgumentParser):
@@ -878,7 +895,15 @@ def build_parser() -> argparse.ArgumentParser:
     sw.add_argument("--out", default=None, help="report folder (default: report/sweep-<name>)")
     sw.add_argument("--runs-dir", default="runs", help="folder for run folders (default: runs)")
     sw.add_argument("--dry-run", action="store_true", help="list the grid points and what would be done")
+    sw.add_argument("--shard", default=None, metavar="I/N",
+                    help="run only share I of N of the grid (1 <= I <= N; by sorted point keys), e.g. into "
+                         "its own --db; `lowrank merge` combines the databases")
     sw.set_defaults(func=cmd_sweep)
+
+    mg = add("merge", help="combine results databases (e.g. a sweep's shards) into a new one, every run once")
+    mg.add_argument("out", help="the database to write (must not exist)")
+    mg.add_argument("inputs", nargs="+", metavar="IN", help="databases to read (never changed)")
+    mg.set_defaults(func=cmd_merge)
 
     cp = add("compress", help="truncate a trained model to each rank (or energy), measure, retrain, choose k, save")
     cp.add_argument("checkpoint", help="the trained run: its folder or checkpoint.pt")
