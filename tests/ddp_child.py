@@ -12,7 +12,8 @@ from pathlib import Path
 from typing import Any
 
 
-def worker(rank: int, size: int, init_file: str, cfg_dicts: list[dict[str, Any]], out_dir: str) -> None:
+def worker(rank: int, size: int, init_file: str, cfg_dicts: list[dict[str, Any]], out_dir: str,
+           backend: str = "gloo") -> None:
     import torch
     import torch.distributed as dist
 
@@ -23,7 +24,9 @@ def worker(rank: int, size: int, init_file: str, cfg_dicts: list[dict[str, Any]]
     from lowrank.train import fit
 
     torch.set_num_threads(1)
-    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=size)
+    if backend == "nccl":
+        torch.cuda.set_device(rank)
+    dist.init_process_group(backend, init_method=f"file://{init_file}", rank=rank, world_size=size)
     try:
         for i, cfg_dict in enumerate(cfg_dicts):
             cfg = TrainConfig.from_dict(cfg_dict)
