@@ -203,12 +203,14 @@ def cmd_train(ns: argparse.Namespace) -> int:
             result = train_run(cfg, store=_store(ns), runs_dir=ns.runs_dir, progress=progress,
                                tensorboard=ns.tensorboard, on_epoch=None if ns.quiet or ns.json else _print_epoch)
     except ForcedInterrupt:
-        print("\nlowrank: stopped at once (second interrupt); the last epoch's checkpoint is kept. Continue "
-              "with: lowrank train --resume <run id> (`lowrank runs` lists it)", file=sys.stderr)
+        if os.environ.get("RANK", "0") == "0":      # data-parallel: process 0 speaks for all
+            print("\nlowrank: stopped at once (second interrupt); the last epoch's checkpoint is kept. Continue "
+                  "with: lowrank train --resume <run id> (`lowrank runs` lists it)", file=sys.stderr)
         return 130
     except KeyboardInterrupt:
-        print("\nlowrank: interrupted after a step; progress saved. Continue with: lowrank train --resume "
-              "<run id> (`lowrank runs` lists it)", file=sys.stderr)
+        if os.environ.get("RANK", "0") == "0":
+            print("\nlowrank: interrupted after a step; progress saved. Continue with: lowrank train --resume "
+                  "<run id> (`lowrank runs` lists it)", file=sys.stderr)
         return 130
     out = {"run_id": result.run_id, "run_dir": str(result.run_dir), "config": result.config.to_dict(),
            "final": _final(result.history[-1], result.summary), "history": result.history}

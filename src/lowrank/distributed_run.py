@@ -90,6 +90,9 @@ def strip_nproc(argv: list[str]) -> list[str]:
 
 #: torchrun's own log lines (``W1201 23:40:00.123000 1234 torch/distributed/...``).
 _TORCHRUN_LOG = re.compile(r"^[IWEF]\d{4} \d\d:\d\d:\d\d")
+#: Lines of a traceback torch prints for a process other than 0 (``[rank1]: ...``): they follow a failure of
+#: process 0 (the peer closed the connection) or repeat it; process 0's own lines are kept.
+_OTHER_RANK = re.compile(r"^\[rank[1-9]\d*\]:")
 
 
 class LaunchResult:
@@ -116,10 +119,24 @@ def launch(nproc: int, argv: list[str], *, env: dict[str, str] | None = None,
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}",
            "-m", "lowrank", *strip_nproc(argv)]
     proc = subprocess.Popen(cmd, stderr=subprocess.PIPE, text=True, env=e)
+    try:
+        error = _relay(proc, echo)
+    except KeyboardInterrupt:
+        # Ctrl-C reached every process: each stops after its step (process 0 saves the checkpoint);
+        # wait for them, so that the command ends only when the run folder is settled.
+        proc.wait()
+        raise
+    return LaunchResult(proc.wait(), error)
+
+
+def _relay(proc: subprocess.Popen, echo: Callable[[str], None] | None) -> str | None:
+    """Pass ``proc``'s stderr lines to ``echo`` until it closes; the first ``lowrank: error:`` line."""
     error: str | None = None
     report = False
     assert proc.stderr is not None
     for line in proc.stderr:
+        if _OTHER_RANK.match(line):
+            continue
         if _TORCHRUN_LOG.match(line):
             report = report or line.startswith("E")
             continue
@@ -130,4 +147,4 @@ def launch(nproc: int, argv: list[str], *, env: dict[str, str] | None = None,
             continue
         if echo is not None:
             echo(line)
-    return LaunchResult(proc.wait(), error)
+    return error
