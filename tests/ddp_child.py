@@ -38,6 +38,19 @@ def worker(rank: int, size: int, init_file: str, cfg_dicts: list[dict[str, Any]]
             torch.save({"state": model.state_dict(), "ranks": ranks, "history": history,
                         "checks": stepper.replica_checks, "reduces": stepper.averager.calls},
                        Path(out_dir) / f"{i}-{rank}.pt")
+        # The replica check finds one value changed in one process (and says so on every process).
+        from lowrank.distributed import check_replicas
+        from lowrank.errors import ReplicaMismatchError
+
+        with torch.no_grad():
+            if rank == 1:
+                next(model.parameters()).view(-1)[0] += 1e-6
+        try:
+            check_replicas(model, "after a nudge")
+            caught = ""
+        except ReplicaMismatchError as e:
+            caught = str(e)
+        (Path(out_dir) / f"mismatch-{rank}.txt").write_text(caught)
     finally:
         dist.destroy_process_group()
 

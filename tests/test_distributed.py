@@ -53,8 +53,10 @@ def two_processes(tmp_path_factory) -> dict[str, list[dict]]:
     out = tmp_path_factory.mktemp("ddp")
     cfgs = [c.to_dict() for c in CONFIGS.values()]
     mp.spawn(ddp_child.worker, args=(2, str(out / "rendezvous"), cfgs, str(out)), nprocs=2, join=True)
-    return {name: [torch.load(out / f"{i}-{r}.pt", weights_only=False) for r in range(2)]
-            for i, name in enumerate(CONFIGS)}
+    res = {name: [torch.load(out / f"{i}-{r}.pt", weights_only=False) for r in range(2)]
+           for i, name in enumerate(CONFIGS)}
+    res["mismatch"] = [(out / f"mismatch-{r}.txt").read_text() for r in range(2)]
+    return res
 
 
 @pytest.mark.parametrize("name", list(CONFIGS))
@@ -86,6 +88,11 @@ def test_every_gradient_set_is_averaged(two_processes) -> None:
     assert two_processes["parallel-adaptive"][0]["reduces"] == 8
     assert two_processes["kls-fixed"][0]["reduces"] == 16
     assert two_processes["kls-adaptive"][0]["reduces"] == 16    # captured gradients + the U~^T G V~ blocks
+
+
+def test_a_replica_that_differs_is_found(two_processes) -> None:
+    for message in two_processes["mismatch"]:
+        assert "differ after a nudge: 1 values not identical" in message
 
 
 @pytest.mark.parametrize("n,size", [(64, 2), (7, 3), (2, 3), (0, 2), (50, 4)])

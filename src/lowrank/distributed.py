@@ -33,15 +33,11 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from .errors import ConfigError, LowRankError
+from .errors import ConfigError, ReplicaMismatchError
 from .losses import LossFn
 
 __all__ = ["World", "world", "init_from_env", "launched_by_torchrun", "shard_bounds", "GradientAverager",
            "DataParallelStepper", "check_replicas", "ReplicaMismatchError", "broadcast_object"]
-
-
-class ReplicaMismatchError(LowRankError):
-    """The model replicas of a data-parallel run differ (they must be identical after every step)."""
 
 
 @dataclass(frozen=True)
@@ -147,8 +143,9 @@ class GradientAverager:
         """The batch's mean loss over all processes (from each process's mean over its rows)."""
         if not self.world.distributed:
             return loss
-        t = loss.detach().reshape(1).to(torch.float64) * self.weight if self.weight else \
-            torch.zeros(1, dtype=torch.float64, device=loss.device)
+        t = loss.detach().reshape(1).to(torch.float64) * self.weight
+        if self.weight == 0.0:          # no rows here: the local mean is NaN
+            t.zero_()
         dist.all_reduce(t)
         return t[0].to(loss.dtype)
 

@@ -21,6 +21,7 @@ import re
 import subprocess
 import sys
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -95,12 +96,14 @@ _TORCHRUN_LOG = re.compile(r"^[IWEF]\d{4} \d\d:\d\d:\d\d")
 _OTHER_RANK = re.compile(r"^\[rank[1-9]\d*\]:")
 
 
+@dataclass(frozen=True)
 class LaunchResult:
-    """How a launch ended: the exit status, and the first one-line error a process printed (or None)."""
+    """How a launch ended."""
 
-    def __init__(self, returncode: int, error: str | None):
-        self.returncode = returncode
-        self.error = error
+    returncode: int
+    """torchrun's exit status."""
+    error: str | None
+    """The first ``lowrank: error:`` line a process printed, or None."""
 
 
 def launch(nproc: int, argv: list[str], *, env: dict[str, str] | None = None,
