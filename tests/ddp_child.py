@@ -71,10 +71,11 @@ class StopAfterEpoch:
             raise KeyboardInterrupt
 
 
-def run_worker(rank: int, size: int, init_file: str, cfg_dict: dict[str, Any] | None, resume: int | None,
-               db: str, runs_dir: str, stop_after: int | None) -> None:
-    """``lowrank.distributed_run.train_distributed`` in one of ``size`` processes: a stored run,
-    started (``cfg_dict``) or resumed (``resume``), optionally stopped after an epoch."""
+def run_worker(rank: int, size: int, init_file: str, jobs: list[tuple[dict[str, Any] | None, int | None, int | None]],
+               db: str, runs_dir: str) -> None:
+    """``lowrank.distributed_run.train_distributed`` in one of ``size`` processes, for each job
+    ``(cfg_dict, resume, stop_after)``: a stored run, started (``cfg_dict``) or resumed
+    (``resume``, a run id), stopped after epoch ``stop_after`` (None: trained to the end)."""
     import torch
     import torch.distributed as dist
 
@@ -84,11 +85,13 @@ def run_worker(rank: int, size: int, init_file: str, cfg_dict: dict[str, Any] | 
     torch.set_num_threads(1)
     dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=size)
     try:
-        cfg = TrainConfig.from_dict(cfg_dict) if cfg_dict is not None and rank == 0 else None
-        stop = [StopAfterEpoch(stop_after)] if stop_after else []
-        try:
-            train_distributed(cfg, resume=resume, db=db, runs_dir=runs_dir, check_every=1, replica_callbacks=stop)
-        except KeyboardInterrupt:
-            pass
+        for cfg_dict, resume, stop_after in jobs:
+            cfg = TrainConfig.from_dict(cfg_dict) if cfg_dict is not None and rank == 0 else None
+            stop = [StopAfterEpoch(stop_after)] if stop_after else []
+            try:
+                train_distributed(cfg, resume=resume, db=db, runs_dir=runs_dir, check_every=1,
+                                  replica_callbacks=stop)
+            except KeyboardInterrupt:
+                pass
     finally:
         dist.destroy_process_group()

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
 from cli_checks import one_line_error
 from lowrank.store import Store
 
@@ -12,6 +14,7 @@ TRAIN = ["train", "--dataset", "fashion-mnist", "--train-size", "256", "--test-s
          "--epochs", "2", "--batch-size", "64", "--db", "r.db"]
 
 
+@pytest.mark.slow
 def test_two_processes_record_one_run(lowrank_cli, tmp_path) -> None:
     p = lowrank_cli([*TRAIN, "--nproc", "2", "--check-replicas", "1", "--json"], tmp_path)
     assert p.returncode == 0, p.stderr
