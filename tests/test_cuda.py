@@ -42,3 +42,55 @@ def test_steps_on_cuda_match_cpu(integrator: str, adaptive: bool, truncation: st
     for w_cpu, w_gpu in zip(weights["cpu"], weights["cuda"]):
         assert w_cpu.shape == w_gpu.shape
         torch.testing.assert_close(w_gpu, w_cpu, atol=1e-8, rtol=1e-8)
+
+
+# ----------------------------------------------------------------------------- every method, data on the device
+
+_METHODS = [{"method": "dense"}, {"method": "vanilla", "rank": 8}, {"method": "svd"}, {"method": "lora", "rank": 4},
+            {"method": "twofactor"},
+            {"method": "dlrt", "integrator": "parallel", "rank": 8, "adaptive": True, "tau": 0.2},
+            {"method": "dlrt", "integrator": "kls", "rank": 8, "adaptive": True, "tau": 0.2},
+            {"method": "dlrt", "integrator": "kls", "rank": 8}]
+
+
+@pytest.mark.parametrize("autocast", ["off", "bf16"])
+@pytest.mark.parametrize("method", _METHODS, ids=lambda m: "-".join(str(v) for v in m.values()))
+def test_every_method_trains_on_cuda(method, autocast) -> None:
+    from lowrank.config import TrainConfig
+    from lowrank.data import load_dataset
+    from lowrank.run import fit_options, prepare
+    from lowrank.train import fit
+
+    cfg = TrainConfig.from_dict({"data": {"dataset": "fashion-mnist", "train_size": 512, "test_size": 256},
+                                 "optim": {"optimizer": "adam", "lr": 3e-3, "autocast": autocast},
+                                 "method": method, "layers": [784, 32, 10], "batch_size": 64, "epochs": 2,
+                                 "device": "cuda"})
+    data = load_dataset(cfg.data, seed=cfg.seed)
+    model, stepper, _ = prepare(cfg, data, None)
+    history = fit(model, data, stepper, **fit_options(cfg))
+    assert all(p.is_cuda and p.dtype == torch.float32 for p in model.parameters())
+    assert all(p.is_cuda for g in stepper.optimizer.param_groups for p in g["params"])
+    assert history[-1]["train_loss"] < history[0]["train_loss"] and history[-1]["test_acc"] > 0.25
+
+
+@pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs two CUDA devices (NCCL)")
+def test_two_nccl_processes_keep_identical_replicas(tmp_path) -> None:
+    import sys
+    from pathlib import Path
+
+    import torch.multiprocessing as mp
+
+    sys.path.insert(0, str(Path(__file__).parent))
+    import ddp_child
+
+    from lowrank.config import TrainConfig
+
+    cfg = TrainConfig.from_dict({"data": {"dataset": "fashion-mnist", "train_size": 256, "test_size": 128},
+                                 "method": {"method": "dlrt", "integrator": "parallel", "rank": 6, "adaptive": True,
+                                            "tau": 0.4}, "layers": [784, 32, 10], "batch_size": 64, "epochs": 1,
+                                 "device": "cuda"})
+    mp.spawn(ddp_child.worker, args=(2, str(tmp_path / "rv"), [cfg.to_dict()], str(tmp_path), "nccl"), nprocs=2)
+    out = [torch.load(tmp_path / f"0-{r}.pt", weights_only=False, map_location="cpu") for r in range(2)]
+    assert out[0]["checks"] == 4 and out[0]["ranks"] == out[1]["ranks"]
+    for k in out[0]["state"]:
+        assert torch.equal(out[0]["state"][k], out[1]["state"][k]), k

@@ -15,6 +15,7 @@ import dataclasses
 import inspect
 import json
 import math
+import os
 import sys
 import textwrap
 import types
@@ -74,8 +75,10 @@ def _choices() -> dict[str, tuple[str, ...]]:
     from .optimizers import OPTIMIZERS, SCHEDULES
     from .registry import method_names
 
+    from .config import AUTOCAST_MODES
+
     return {"method": method_names(), "optimizer": tuple(OPTIMIZERS), "schedule": tuple(SCHEDULES),
-            "loss": tuple(LOSSES), "activation": tuple(ACTIVATIONS)}
+            "loss": tuple(LOSSES), "activation": tuple(ACTIVATIONS), "autocast": AUTOCAST_MODES}
 
 
 def _add_fields(group: Any, cls: type, section: str, seen: set[str], choices: dict[str, tuple[str, ...]],
@@ -173,27 +176,41 @@ def cmd_train(ns: argparse.Namespace) -> int:
     from .run import resume_run, train_run
     from .train import ForcedInterrupt
 
-    store = _store(ns)
+    from .distributed import launched_by_torchrun
+
     progress = sys.stderr.isatty() and not ns.quiet
+    if ns.nproc < 1 or ns.check_replicas < 0:
+        raise LowRankError(f"--nproc must be >= 1 and --check-replicas >= 0, got {ns.nproc} and {ns.check_replicas}")
     try:
+        cfg = None
         if ns.resume is not None:
             given = [_flag(k.split(".", 1)[1]) for k, v in vars(ns).items() if "." in k and v is not None]
             if given:
                 raise LowRankError(f"--resume continues run {ns.resume} with its stored config; "
                                    f"{', '.join(given)} cannot change it (start a new run instead)")
-            result = resume_run(ns.resume, store=store, progress=progress, tensorboard=ns.tensorboard,
-                                on_epoch=None if ns.quiet or ns.json else _print_epoch)
         else:
             cfg = config_from_args(ns)
-            result = train_run(cfg, store=store, runs_dir=ns.runs_dir, progress=progress, tensorboard=ns.tensorboard,
-                               on_epoch=None if ns.quiet or ns.json else _print_epoch)
+        if launched_by_torchrun():
+            result = _train_process(ns, cfg, progress)
+            if result is None:
+                return 0
+        elif ns.nproc > 1:
+            return _launch_processes(ns, cfg)
+        elif cfg is None:
+            result = resume_run(ns.resume, store=_store(ns), progress=progress, tensorboard=ns.tensorboard,
+                                on_epoch=None if ns.quiet or ns.json else _print_epoch)
+        else:
+            result = train_run(cfg, store=_store(ns), runs_dir=ns.runs_dir, progress=progress,
+                               tensorboard=ns.tensorboard, on_epoch=None if ns.quiet or ns.json else _print_epoch)
     except ForcedInterrupt:
-        print("\nlowrank: stopped at once (second interrupt); the last epoch's checkpoint is kept. Continue "
-              "with: lowrank train --resume <run id> (`lowrank runs` lists it)", file=sys.stderr)
+        if os.environ.get("RANK", "0") == "0":      # data-parallel: process 0 speaks for all
+            print("\nlowrank: stopped at once (second interrupt); the last epoch's checkpoint is kept. Continue "
+                  "with: lowrank train --resume <run id> (`lowrank runs` lists it)", file=sys.stderr)
         return 130
     except KeyboardInterrupt:
-        print("\nlowrank: interrupted after a step; progress saved. Continue with: lowrank train --resume "
-              "<run id> (`lowrank runs` lists it)", file=sys.stderr)
+        if os.environ.get("RANK", "0") == "0":
+            print("\nlowrank: interrupted after a step; progress saved. Continue with: lowrank train --resume "
+                  "<run id> (`lowrank runs` lists it)", file=sys.stderr)
         return 130
     out = {"run_id": result.run_id, "run_dir": str(result.run_dir), "config": result.config.to_dict(),
            "final": _final(result.history[-1], result.summary), "history": result.history}
@@ -209,6 +226,38 @@ def cmd_train(ns: argparse.Namespace) -> int:
               f"{s['epoch_time']:.2f} s/epoch, hidden weights kept "
               f"{100 * s['hidden_weights']['ratio']:.1f}% -> {result.run_dir}")
     return 0
+
+
+def _train_process(ns: argparse.Namespace, cfg: TrainConfig | None, progress: bool) -> Any:
+    """One of the processes torchrun started: process 0 records and returns the result, the others None."""
+    from .distributed_run import train_distributed
+
+    main = os.environ.get("RANK", "0") == "0"       # torchrun's; the process group is joined inside
+    _, result = train_distributed(cfg, resume=ns.resume, db=ns.db, runs_dir=ns.runs_dir,
+                                  check_every=ns.check_replicas, progress=progress and main,
+                                  tensorboard=ns.tensorboard if main else None,
+                                  on_epoch=None if ns.quiet or ns.json or not main else _print_epoch)
+    return result
+
+
+def _launch_processes(ns: argparse.Namespace, cfg: TrainConfig | None) -> int:
+    """``lowrank train --nproc N``: the same command in N processes under torchrun."""
+    from .distributed_run import launch
+
+    env = dict(os.environ)
+    if cfg is None:                     # resume: the processes join with the stored run's device
+        row = _store(ns).run(ns.resume)
+        if row is None:
+            raise LowRankError(f"no run {ns.resume} in {ns.db}; `lowrank runs` lists the runs")
+        env["LOWRANK_DIST_DEVICE"] = str(row["config"].get("device", "cpu"))
+    res = launch(ns.nproc, [*ns.argv, "--db", ns.db], env=env, echo=lambda line: print(line, end="", file=sys.stderr))
+    if res.returncode == 0:
+        return 0
+    if res.returncode in (-2, 130) and res.error is None:
+        return 130
+    raise LowRankError(res.error.removeprefix("lowrank: error: ") if res.error else
+                       f"training with {ns.nproc} processes failed (exit status {res.returncode}); "
+                       f"the output above says why")
 
 
 def _final(last: dict[str, Any], summary: dict[str, Any]) -> dict[str, Any]:
@@ -596,9 +645,16 @@ def cmd_sweep(ns: argparse.Namespace) -> int:
     if ns.workers < 1:
         raise LowRankError(f"--workers must be at least 1, got {ns.workers}")
     matrix = load_matrix(ns.matrix)
+    shard = None
+    if ns.shard is not None:
+        from .sweep_shard import parse_shard, shard_matrix
+
+        shard = parse_shard(ns.shard)
+        matrix = shard_matrix(matrix, shard)
     store = _store(ns)
     plan = plan_sweep(matrix, store)
-    print(f"sweep {matrix.name}: {len(plan.states)} grid points: {plan.count('done')} done, "
+    print(f"sweep {matrix.name}{f' shard {shard}' if shard else ''}: {len(plan.states)} grid points: "
+          f"{plan.count('done')} done, "
           f"{plan.count('resume')} to resume, {plan.count('start')} to start"
           , flush=True)
     for st in plan.states:
@@ -732,6 +788,16 @@ def cmd_export(ns: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_merge(ns: argparse.Namespace) -> int:
+    from .merge import merge_databases
+
+    r = merge_databases(ns.out, ns.inputs)
+    print(f"merged {len(r.per_input)} databases ({', '.join(f'{p}: {n} runs' for p, n in r.per_input.items())}) "
+          f"into {r.out}: {r.runs} runs, {r.duplicates} duplicates left out"
+          + (f"; {r.missing_folders} run folders are not on this machine" if r.missing_folders else ""))
+    return 0
+
+
 # -- parser -------------------------------------------------------------------------------------
 
 class _Parser(argparse.ArgumentParser):
@@ -756,6 +822,10 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--quiet", action="store_true", help="no per-epoch lines or progress bar")
     t.add_argument("--tensorboard", default=None, metavar="DIR",
                    help="also write TensorBoard logs to DIR/<run id>-<method>")
+    t.add_argument("--nproc", type=int, default=1, metavar="N",
+                   help="data-parallel training in N local processes (torchrun; each takes 1/N of every batch)")
+    t.add_argument("--check-replicas", type=int, default=0, metavar="K",
+                   help="data-parallel: every K steps verify the processes' models are identical (0: never)")
     _add_config_flags(t)
     t.set_defaults(func=cmd_train)
 
@@ -827,7 +897,15 @@ def build_parser() -> argparse.ArgumentParser:
     sw.add_argument("--out", default=None, help="report folder (default: report/sweep-<name>)")
     sw.add_argument("--runs-dir", default="runs", help="folder for run folders (default: runs)")
     sw.add_argument("--dry-run", action="store_true", help="list the grid points and what would be done")
+    sw.add_argument("--shard", default=None, metavar="I/N",
+                    help="run only share I of N of the grid (1 <= I <= N; by sorted point keys), e.g. into "
+                         "its own --db; `lowrank merge` combines the databases")
     sw.set_defaults(func=cmd_sweep)
+
+    mg = add("merge", help="combine results databases (e.g. a sweep's shards) into a new one, every run once")
+    mg.add_argument("out", help="the database to write (must not exist)")
+    mg.add_argument("inputs", nargs="+", metavar="IN", help="databases to read (never changed)")
+    mg.set_defaults(func=cmd_merge)
 
     cp = add("compress", help="truncate a trained model to each rank (or energy), measure, retrain, choose k, save")
     cp.add_argument("checkpoint", help="the trained run: its folder or checkpoint.pt")
@@ -858,6 +936,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         parser = build_parser()   # imports the methods, plugins included
         ns = parser.parse_args(argv)
+        ns.argv = list(sys.argv[1:] if argv is None else argv)
         if ns.db is None:
             from .store import default_db_path
             ns.db = str(default_db_path())

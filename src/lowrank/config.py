@@ -22,7 +22,10 @@ from .method_config import MethodConfig
 from .models import ACTIVATIONS, MODELS, check_model_args
 from .optimizers import OPTIMIZERS, SCHEDULES
 
-__all__ = ["DataConfig", "OptimConfig", "TrainConfig", "MethodConfig"]
+__all__ = ["DataConfig", "OptimConfig", "TrainConfig", "MethodConfig", "AUTOCAST_MODES"]
+
+#: ``OptimConfig.autocast`` values: no autocast, or bfloat16 forward passes.
+AUTOCAST_MODES = ("off", "bf16")
 
 
 @dataclass
@@ -43,9 +46,13 @@ class OptimConfig:
     """Clip the global gradient norm to this value (the thesis uses 4; 0 or unset: no clipping)."""
     schedule: str = "cosine"
     """Learning-rate schedule over the run: constant, or cosine (decays to 0 at the last step)."""
+    autocast: str = "off"
+    """Training forward passes under torch.autocast: off, or bf16 (bfloat16; gradients, optimizer and the DLRT integrator's linear algebra stay float32)."""
 
     def __post_init__(self) -> None:
         check_field_types(self)
+        if self.autocast not in AUTOCAST_MODES:
+            raise ConfigError(f"autocast {self.autocast!r} is not one of {', '.join(AUTOCAST_MODES)}")
         if self.optimizer not in OPTIMIZERS:
             raise ConfigError(f"optimizer {self.optimizer!r} is not one of {', '.join(OPTIMIZERS)}")
         if self.schedule not in SCHEDULES:

@@ -19,6 +19,7 @@ __all__ = [
     "RunLockedError",
     "StoreError",
     "ExportError",
+    "ReplicaMismatchError",
 ]
 
 
@@ -60,3 +61,7 @@ class StoreError(LowRankError):
 
 class ExportError(LowRankError):
     """An exported model does not compute what the PyTorch model does (or cannot be exported)."""
+
+
+class ReplicaMismatchError(LowRankError):
+    """The model replicas of a data-parallel run differ (they must be identical after every step)."""

@@ -15,6 +15,7 @@ import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -35,9 +36,12 @@ from .store import Store
 from .train import Callback, LoopState, fit
 
 __all__ = ["train_run", "resume_run", "delete_run", "RUN_FILES", "build_model", "build_dense_model", "apply_method",
-           "build_stepper", "RunResult", "EpochFn"]
+           "build_stepper", "prepare", "fit_options", "RunResult", "EpochFn", "StepperWrap"]
 
 EpochFn = Any  # Callable[[int, dict], None]
+#: Called with the config, the checkpoint (or None) and the method's stepper once they are built and
+#: restored; returns the stepper to train with (data-parallel training wraps it there).
+StepperWrap = Callable[[TrainConfig, "dict[str, Any] | None", Stepper], Any]
 
 
 @dataclass
@@ -88,16 +92,16 @@ def build_stepper(model: nn.Module, cfg: TrainConfig, total_steps: int) -> Stepp
 def train_run(cfg: TrainConfig, *, store: Store, runs_dir: str | Path = "runs", data: Splits | None = None,
               progress: bool = False, on_epoch: EpochFn | None = None, tensorboard: str | Path | None = None,
               callbacks: list[Callback] | tuple[Callback, ...] = (), sweep: str | None = None,
-              sweep_key: str | None = None) -> RunResult:
+              sweep_key: str | None = None, wrap_stepper: StepperWrap | None = None) -> RunResult:
     """Train a new run of ``cfg``; rows go to ``store``, files to ``runs_dir/<id>-<method>-<dataset>``.
 
     Everything that can be checked before training is (data, model, method, ranks): a
-    rejected config leaves no row and no folder behind.
+    rejected config leaves no row and no folder behind. ``wrap_stepper``: see :data:`StepperWrap`.
     """
     cfg.validate()
     if data is None:
         data = load_dataset(cfg.data, seed=cfg.seed)
-    model, stepper, steps = _prepare(cfg, data, None)
+    model, stepper, steps = prepare(cfg, data, None, wrap_stepper)
     run_id = store.create_run(cfg.to_dict(), "", name=cfg.name, sweep=sweep, sweep_key=sweep_key)
     run_dir = _new_run_dir(Path(runs_dir), f"{run_id:04d}-{cfg.method.method}-{_slug(data.name)}")
     lock = RunLock.acquire(run_dir, run_id)  # a fresh folder: free (the folder's row points here only after)
@@ -112,8 +116,9 @@ def train_run(cfg: TrainConfig, *, store: Store, runs_dir: str | Path = "runs", 
 
 def resume_run(run_id: int, *, store: Store, data: Splits | None = None, progress: bool = False,
                on_epoch: EpochFn | None = None, tensorboard: str | Path | None = None,
-               callbacks: list[Callback] | tuple[Callback, ...] = ()) -> RunResult:
-    """Continue run ``run_id`` from its last checkpoint to the end.
+               callbacks: list[Callback] | tuple[Callback, ...] = (),
+               wrap_stepper: StepperWrap | None = None) -> RunResult:
+    """Continue run ``run_id`` from its last checkpoint to the end (``wrap_stepper``: see :data:`StepperWrap`).
 
     The run folder's lock is taken before anything is written: while another live process
     trains the run this raises :class:`~lowrank.errors.RunLockedError` (naming its pid)
@@ -133,7 +138,7 @@ def resume_run(run_id: int, *, store: Store, data: Splits | None = None, progres
         ckpt = read_checkpoint(ckpt_path) if ckpt_path.exists() else None  # killed before epoch 1: restart
         if data is None:
             data = load_dataset(cfg.data, seed=cfg.seed)
-        model, stepper, _ = _prepare(cfg, data, ckpt)
+        model, stepper, _ = prepare(cfg, data, ckpt, wrap_stepper)
         store.set_status(run_id, "running")
         with damaged("the checkpoint's loop state"):
             state = LoopState.from_state_dict(ckpt["loop"]) if ckpt is not None else None
@@ -164,7 +169,9 @@ def _augmentation(cfg: TrainConfig) -> Augmentation:
     return Augmentation(cfg.data.augment_shift, cfg.data.augment_rotate)
 
 
-def _prepare(cfg: TrainConfig, data: Splits, ckpt: dict[str, Any] | None) -> tuple[nn.Module, Stepper, int]:
+def prepare(cfg: TrainConfig, data: Splits, ckpt: dict[str, Any] | None,
+            wrap_stepper: StepperWrap | None = None) -> tuple[nn.Module, Stepper, int]:
+    """The model and stepper of ``cfg`` (restored from ``ckpt`` when given) and the planned steps."""
     resolve_loss(cfg.loss, data.num_classes)  # a loss that does not fit the targets: refused before any write
     _augmentation(cfg).check(tuple(data.sample_shape), data.name)
     if cfg.select_best and data.val is None:
@@ -179,7 +186,15 @@ def _prepare(cfg: TrainConfig, data: Splits, ckpt: dict[str, Any] | None) -> tup
         with damaged("the checkpoint's optimizer state"):
             stepper.load_state_dict(ckpt["stepper"])
         check_optimizer_state(stepper.optimizer, "checkpoint")
+    if wrap_stepper is not None:
+        stepper = wrap_stepper(cfg, ckpt, stepper)
     return model, stepper, total_steps
+
+
+def fit_options(cfg: TrainConfig) -> dict[str, Any]:
+    """The keyword arguments of :func:`~lowrank.train.fit` that ``cfg`` sets."""
+    return dict(epochs=cfg.epochs, batch_size=cfg.batch_size, loss=cfg.loss, seed=cfg.seed, noise=cfg.data.noise,
+                augment=_augmentation(cfg), schedule=cfg.optim.schedule, device=cfg.device)
 
 
 def _train(cfg: TrainConfig, run_id: int, run_dir: Path, store: Store, data: Splits, model: nn.Module,
@@ -199,10 +214,7 @@ def _train(cfg: TrainConfig, run_id: int, run_dir: Path, store: Store, data: Spl
         callbacks.append(TensorBoardWriter(Path(tensorboard) / f"{run_id:04d}-{cfg.method.method}"))
     callbacks += list(extra)
     try:
-        history = fit(model, data, stepper, epochs=cfg.epochs, batch_size=cfg.batch_size, loss=cfg.loss,
-                      seed=cfg.seed, noise=cfg.data.noise, augment=_augmentation(cfg),
-                      schedule=cfg.optim.schedule, callbacks=callbacks,
-                      state=state, device=cfg.device)
+        history = fit(model, data, stepper, callbacks=callbacks, state=state, **fit_options(cfg))
     except TrainingDivergedError as e:
         # The loop does not know where its checkpoints go; say here which one is left.
         raise TrainingDivergedError(f"{e}; {_checkpoint_note(recorder.checkpoint, run_dir)}") from e

@@ -8,6 +8,7 @@ the two-factor warm-up switch) subclass :class:`Stepper`.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -20,7 +21,16 @@ from .optimizers import make_optimizer
 if TYPE_CHECKING:
     from .config import OptimConfig
 
-__all__ = ["Stepper", "penalty", "trainable", "replace_param"]
+__all__ = ["Stepper", "penalty", "trainable", "replace_param", "GradientHook", "forward_autocast"]
+
+#: What averages a set of gradients in place across data-parallel processes (None entries skipped).
+GradientHook = Callable[[Sequence["torch.Tensor | None"]], None]
+
+
+def forward_autocast(mode: str, device: torch.device) -> torch.autocast:
+    """The context of a training forward pass: ``torch.autocast`` in bfloat16 for ``mode`` ``"bf16"``,
+    disabled for ``"off"`` (the optimizer's and the integrator's math stay in the parameters' dtype)."""
+    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=mode == "bf16")
 
 
 def trainable(model: nn.Module) -> list[nn.Parameter]:
@@ -76,13 +86,26 @@ class Stepper:
         self.optimizer = make_optimizer(trainable(model), cfg)
         # Seconds spent in the method's own linear algebra vs forward/backward (DLRT fills both).
         self.timings: dict[str, float] = {}
+        #: Averages the gradients across data-parallel processes after each backward pass (None: one process).
+        self.gradient_averager: GradientHook | None = None
+
+    def set_gradient_averager(self, averager: GradientHook | None) -> None:
+        """Average every step's gradients with ``averager`` before clipping and the optimizer step
+        (:class:`~lowrank.distributed.DataParallelStepper` sets it)."""
+        self.gradient_averager = averager
+
+    def _device(self) -> torch.device:
+        return next(self.model.parameters()).device
 
     def step(self, x: torch.Tensor, y: torch.Tensor, loss_fn: LossFn) -> torch.Tensor:
         self.optimizer.zero_grad(set_to_none=True)
-        loss = loss_fn(self.model(x), y)
+        with forward_autocast(self.cfg.autocast, self._device()):
+            loss = loss_fn(self.model(x), y)
         extra = penalty(self.model, self.cfg)
         # Skip the add when there is no penalty: one autograd node less per step.
         (loss + extra if torch.is_tensor(extra) else loss).backward()
+        if self.gradient_averager is not None:
+            self.gradient_averager([p.grad for g in self.optimizer.param_groups for p in g["params"]])
         if self.cfg.clip:
             torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.clip)
         self.optimizer.step()

@@ -58,6 +58,7 @@ class AdaptiveKLSSteps:
                  for k, lp, l in zip(self.K, self.L, self.layers)]
         active = self._kl_step()                           # K- and L-steps
         old = []
+        local: list[torch.Tensor] = []
         for i, layer in enumerate(self.layers):
             U0, S0, V0 = layer.U.data, layer.S.data, layer.V.data
             old.append(U0.shape[1])
@@ -76,12 +77,14 @@ class AdaptiveKLSSteps:
             dS[:r0, r0:] = (Vt.T @ gl).T                       # U0^T G V~
             if Ut.shape[1] and Vt.shape[1]:
                 dS[r0:, r0:] = layer.captured_projection(Ut, Vt)  # U~^T G V~ from the captured X, dY
+                local.append(dS[r0:, r0:])                     # this process's rows only (a view)
             self._project(i, MU, MV.T, None, None)
             fill_augmented_state(self.inner, layer.S, self.K[i], self.L[i], Ut, Vt, r0)
             layer.set_factors(U1, St, V1)
             layer.S.grad = dS
         for p, g in zip(self.rest, rest_grads):
             p.grad = g
+        self._average_gradients(local)                     # data-parallel: U~^T G V~ of the whole batch
         self.clock.lap("linalg")
         self._s_step()                                     # S-step and everything else
         for i, layer in enumerate(self.layers):

@@ -26,7 +26,7 @@ from ...config import OptimConfig
 from ...errors import ConfigError
 from ...losses import LossFn
 from ...optimizers import make_optimizer
-from ...stepper import Stepper, penalty
+from ...stepper import GradientHook, Stepper, forward_autocast, penalty
 from .layer import DLRTLayer
 from .optimizer import DLRT
 
@@ -117,7 +117,8 @@ class DLRTStepper(Stepper):
     def _pass(self, x: torch.Tensor, y: torch.Tensor, loss_fn: LossFn) -> torch.Tensor:
         """``zero_grad``, task loss at the current weights, ``loss + penalty`` backpropagated."""
         self.optimizer.zero_grad()
-        loss = loss_fn(self.model(x), y)
+        with forward_autocast(self.cfg.autocast, self._device()):
+            loss = loss_fn(self.model(x), y)
         extra = penalty(self.model, self.cfg)
         (loss + extra if torch.is_tensor(extra) else loss).backward()  # no add node without a penalty
         return loss.detach()
@@ -130,6 +131,15 @@ class DLRTStepper(Stepper):
         opt.clock.lap("fwd_bwd")
         opt.step(lambda: self._pass(x, y, loss_fn))
         return loss
+
+    def set_gradient_averager(self, averager: GradientHook | None) -> None:
+        """The optimizer averages every gradient a step reads, before its QR / SVD (see
+        :attr:`~.optimizer.DLRT.gradient_averager`)."""
+        self.optimizer.gradient_averager = averager
+
+    @property
+    def gradient_averager(self) -> GradientHook | None:  # type: ignore[override]
+        return self.optimizer.gradient_averager
 
     def optimizer_is_stale(self) -> bool:
         """Never: the DLRT optimizer follows its layers' rank changes itself."""

@@ -199,6 +199,9 @@ class DLRT(torch.optim.Optimizer):
         self.clip = None if clip is None else float(clip)
         self.lift_penalties = bool(lift_penalties)
         self.steps = 0
+        #: Averages, in place, every set of gradients a step reads before it uses them (data-parallel
+        #: training: :class:`~lowrank.distributed.GradientAverager`); None: one process.
+        self.gradient_averager: Callable[[list[torch.Tensor | None]], None] | None = None
         #: False while a step runs a pass whose gradients must not be captured (KLS pass 2).
         self.capture_enabled = True
         for layer in self.layers:
@@ -342,6 +345,7 @@ class DLRT(torch.optim.Optimizer):
                 loss = closure()
             self.clock.lap("fwd_bwd")
         with torch.no_grad():
+            self._average_gradients()
             self._integrate(closure)
         for k, lp in zip(self.K, self.L):           # consumed
             k.grad = lp.grad = None
@@ -355,14 +359,26 @@ class DLRT(torch.optim.Optimizer):
         return loss
 
     def _second_pass(self, closure: Closure) -> None:
-        """Run ``closure`` (a forward/backward pass) without capturing ``G_K``, ``G_L``; timed."""
+        """Run ``closure`` (a forward/backward pass) without capturing ``G_K``, ``G_L``; timed;
+        its gradients averaged across processes."""
         self.capture_enabled = False
         try:
             with torch.enable_grad():
                 closure()
         finally:
             self.capture_enabled = True
+        self._average_gradients()
         self.clock.lap("fwd_bwd")
+
+    def _average_gradients(self, extra: list[torch.Tensor] | None = None) -> None:
+        """Data-parallel: average the gradients of :meth:`params`, the layers' captured task ``dS``
+        (and ``extra``) across processes, in place, before the integrator reads them."""
+        if self.gradient_averager is None:
+            return
+        if extra is not None:
+            self.gradient_averager(extra)
+            return
+        self.gradient_averager([p.grad for p in self.params()] + [l.grad_S_task for l in self.layers])
 
     # ------------------------------------------------------------------ pieces of a step
 
