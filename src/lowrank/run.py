@@ -23,6 +23,7 @@ from torch import nn
 from .checkpoint import check_optimizer_state, damaged, load_model, read_checkpoint
 from .config import TrainConfig
 from .data import Augmentation, Splits, load_dataset
+from .data.registry import is_text_dataset
 from .errors import CheckpointError, ConfigError, RunLockedError, TrainingDivergedError
 from .losses import resolve_loss
 from .models import MODELS
@@ -61,6 +62,8 @@ def build_dense_model(cfg: TrainConfig, sample_shape: tuple[int, ...], num_outpu
         args.setdefault("layers", list(cfg.layers))
     if cfg.model in MODELS:
         args.setdefault("activation", cfg.activation)
+    if cfg.model == "transformer" and is_text_dataset(cfg.data.dataset):
+        args.setdefault("vocab_size", cfg.data.vocab_size)   # the tokenizer's ids are all below it
     return build_base_model(cfg.model, args, sample_shape=tuple(sample_shape), num_outputs=num_outputs)
 
 
