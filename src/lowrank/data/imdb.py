@@ -8,7 +8,8 @@ extracted. An archive member with an absolute name or a ``..`` part, or a link o
 device member, is refused (:class:`~lowrank.errors.CorruptFileError`) before anything
 of it is used, whether or not its name looks like a review.
 
-Reviews are returned in a fixed order (negative then positive, by review id), labels
+Reviews are returned in a fixed order (sorted by class and review id, then one fixed
+seeded permutation, so that the first N of a split hold both classes), labels
 ``0 = neg``, ``1 = pos``. :func:`load_imdb` keeps the decoded texts of an archive in the
 array cache (one ``uint8`` blob and offsets per split), so the archive is decompressed once.
 """
@@ -79,8 +80,15 @@ def _sort_key(item: tuple[int, int, str]) -> tuple[int, int]:
     return label, review_id
 
 
+_ORDER_SEED = 0x1DB
+"""Seed of the fixed order of the reviews (the same for every run and every reader)."""
+
+
 def _as_reviews(items: list[tuple[int, int, str]]) -> Reviews:
+    """Sorted by (label, id), then put in one fixed random order, so that the first N reviews of a
+    split (``test_size``) hold both classes."""
     items.sort(key=_sort_key)
+    items = [items[i] for i in np.random.default_rng(_ORDER_SEED).permutation(len(items))]
     return Reviews([t for _, _, t in items], np.array([lab for lab, _, _ in items], dtype=np.int64))
 
 
@@ -186,5 +194,5 @@ def load_imdb(files: dict[str, Path], use_cache: bool = True) -> ImdbData:
         return all(a[i].dtype == np.uint8 and a[i + 1][-1] == len(a[i]) and len(a[i + 2]) == len(a[i + 1]) - 1
                    for i in (0, 3))
 
-    arrays = cached_arrays([archive], "imdb-v1", 6, decode, use_cache=use_cache, check=check)
+    arrays = cached_arrays([archive], "imdb-v2", 6, decode, use_cache=use_cache, check=check)
     return ImdbData(_unpack(*arrays[:3]), _unpack(*arrays[3:]), str(Path(archive).absolute()))
