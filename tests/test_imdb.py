@@ -100,6 +100,8 @@ def test_tokenizer_round_trip_on_real_reviews(members, tmp_path):
     texts = [d.decode() for n, d in members if "/train/" in n]
     tok = train_tokenizer(texts, 600)
     assert tok.token_to_id("[PAD]") == PAD_ID and tok.get_vocab_size() <= 600
+    vocab = tok.get_vocab()
+    assert sorted(vocab, key=vocab.get)[2:] == sorted(set(vocab) - {"[PAD]", "[UNK]"})   # ids in sorted order
     ids = encode(tok, texts, 4096)
     for text, row in zip(texts[:6], ids):
         pieces = [tok.id_to_token(int(i)) for i in row if i != PAD_ID]

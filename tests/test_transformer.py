@@ -6,6 +6,7 @@ from __future__ import annotations
 import copy
 import io
 import json
+import shutil
 import tarfile
 import warnings
 from pathlib import Path
@@ -274,3 +275,52 @@ def test_cli_transformer_on_a_table_is_one_line(lowrank_cli, tmp_path):
     p = lowrank_cli(["--db", tmp_path / "r.db", "train", "--runs-dir", tmp_path / "runs", "--model", "transformer",
                      "--dataset", csv], tmp_path)
     one_line_error(p, "transformer", "use --model mlp")
+
+
+def test_shipped_imdb_config_loads():
+    from lowrank.experiment import load_experiment
+
+    exp = load_experiment(Path(__file__).resolve().parents[1] / "configs" / "imdb.toml")
+    assert {r.config.model for r in exp.runs} == {"transformer"} and exp.runs[0].config.method.method == "dense"
+    assert sorted(r.config.method.rank for r in exp.runs if r.config.method.method == "vanilla") == [8, 16, 32]
+    assert any(getattr(r.config.method, "adaptive", False) for r in exp.runs)
+    assert all(r.config.data.dataset == "imdb" and r.config.data.max_length == 256 for r in exp.runs)
+
+
+def test_compare_reports_accuracy_and_time_against_k(lowrank_cli, small_imdb, tmp_path):
+    shutil.copytree(small_imdb, tmp_path / "data")   # config-file paths stay in the file's folder
+    toml = tmp_path / "tiny-imdb.toml"
+    toml.write_text('''name = "tiny-imdb"
+title = "tiny"
+[base]
+model = "transformer"
+model_args = { d_model = 16, num_heads = 2 }
+epochs = 2
+batch_size = 32
+[base.data]
+dataset = "imdb"
+data_dir = "data"
+max_length = 32
+vocab_size = 400
+[[runs]]
+label = "dense"
+[[runs]]
+label = "k2"
+method = { method = "vanilla", rank = 2, target = '.*self_attn\\..*' }
+[[runs]]
+label = "k4"
+method = { method = "vanilla", rank = 4, target = '.*self_attn\\..*' }
+[[runs]]
+label = "adaptive"
+method = { method = "dlrt", rank = 8, adaptive = true, tau = 0.3, max_rank = 8, target = '.*self_attn\\..*' }
+''')
+    p = lowrank_cli(["--db", tmp_path / "r.db", "compare", "--config", toml, "--runs-dir", tmp_path / "runs",
+                     "--out", tmp_path / "report", "--quiet"], tmp_path)
+    assert p.returncode == 0, p.stderr
+    md = (tmp_path / "report" / "report.md").read_text()
+    section = md[md.index("Accuracy and time against k"):]
+    for label in ("| dense ", "| k2 ", "| k4 ", "| adaptive "):
+        assert label in section
+    assert "adaptive: q_proj" in section
+    figures = {f.name for f in (tmp_path / "report" / "figures").iterdir()}
+    assert {"accuracy_vs_k_0.png", "time_vs_k_0.png", "rank_evolution.png"} <= figures

@@ -37,7 +37,7 @@ from .store import Store
 from .train import Callback, LoopState, fit
 
 __all__ = ["train_run", "resume_run", "delete_run", "RUN_FILES", "build_model", "build_dense_model", "apply_method",
-           "build_stepper", "RunResult", "EpochFn", "TOKENIZER_NAME"]
+           "build_stepper", "RunResult", "EpochFn", "TOKENIZER_NAME", "with_run_tokenizer"]
 
 EpochFn = Any  # Callable[[int, dict], None]
 
@@ -141,7 +141,7 @@ def resume_run(run_id: int, *, store: Store, data: Splits | None = None, progres
         ckpt_path = run_dir / "checkpoint.pt"
         ckpt = read_checkpoint(ckpt_path) if ckpt_path.exists() else None  # killed before epoch 1: restart
         if data is None:
-            data = load_dataset(_with_run_tokenizer(cfg.data, run_dir), seed=cfg.seed)
+            data = load_dataset(with_run_tokenizer(cfg.data, run_dir), seed=cfg.seed)
         model, stepper, _ = _prepare(cfg, data, ckpt)
         store.set_status(run_id, "running")
         with damaged("the checkpoint's loop state"):
@@ -152,7 +152,7 @@ def resume_run(run_id: int, *, store: Store, data: Splits | None = None, progres
         lock.release()
 
 
-def _with_run_tokenizer(data: DataConfig, run_dir: Path) -> DataConfig:
+def with_run_tokenizer(data: DataConfig, run_dir: Path) -> DataConfig:
     """``data`` reading the run's own ``tokenizer.json`` when it has one (text datasets)."""
     path = run_dir / TOKENIZER_NAME
     return dataclasses.replace(data, tokenizer=str(path)) if path.is_file() and data.tokenizer is None else data

@@ -115,7 +115,9 @@ def run_compress(cfg: CompressConfig, *, store: Store, on_point: PointFn | None 
     layers = selected_layers(dense, target=cfg.target, exclude=cfg.exclude, include_output=cfg.include_output)
     plans = plan_points(dense, cfg, layers)
     run_cfg = source.config
-    data = _slice(load_dataset(run_cfg.data, seed=run_cfg.seed), cfg)
+    from ..run import with_run_tokenizer   # a text run's ids come from its own tokenizer
+
+    data = _slice(load_dataset(with_run_tokenizer(run_cfg.data, Path(source.run_dir)), seed=run_cfg.seed), cfg)
     if not data.num_classes:
         raise ConfigError(f"{source.path}: compress chooses k by test accuracy, so it needs a classification run "
                           f"(this one regresses)")
