@@ -78,9 +78,9 @@ def rank_sweep_section(runs: list[Any]) -> Section | None:
         time = [plots.Series(f"{method} ({model}, {dataset})", ks, [r.summary.get("epoch_time") for r in group])]
         for d in dense:
             acc.append(plots.Series(f"{d.label} (dense)", [ks[0], ks[-1]], [100 * d.summary["test_acc"]] * 2,
-                                    {"linestyle": "--", "marker": None}))
+                                    {"linestyle": "--"}))
             time.append(plots.Series(f"{d.label} (dense)", [ks[0], ks[-1]], [d.summary.get("epoch_time")] * 2,
-                                     {"linestyle": "--", "marker": None}))
+                                     {"linestyle": "--"}))
         images.append(Image(f"accuracy_vs_k_{i}", plots.to_png(plots.xy_lines(
             acc, xlabel="rank k", ylabel="test accuracy (%)", title=f"Accuracy against k: {method} on {dataset}",
             log_x=True)), alt=f"test accuracy against k of the {method} runs on {dataset}, dense dashed"))
