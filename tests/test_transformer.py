@@ -322,5 +322,6 @@ method = { method = "dlrt", rank = 8, adaptive = true, tau = 0.3, max_rank = 8, 
     for label in ("| dense ", "| k2 ", "| k4 ", "| adaptive "):
         assert label in section
     assert "adaptive: q_proj" in section
+    assert "vanilla on imdb: k = " in section   # the rank rule's choice
     figures = {f.name for f in (tmp_path / "report" / "figures").iterdir()}
     assert {"accuracy_vs_k_0.png", "time_vs_k_0.png", "rank_evolution.png"} <= figures

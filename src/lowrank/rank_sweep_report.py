@@ -5,7 +5,8 @@ config gives a fixed ``rank`` (not adaptive), with at least two different ranks:
 accuracy against ``k`` and mean training-epoch time against ``k``, with every dense run
 of the same dataset and model drawn as a flat reference line, and a table of ``k``
 against accuracy, epoch time (and its ratio to dense), parameters at inference and the
-parameters of the converted layers. The rank-adaptive runs of the same data are listed in
+parameters of the converted layers; :func:`~lowrank.compress.rank_rule.choose_rank` (the rule of
+``lowrank compress``) names the smallest ``k`` within :data:`TOLERANCE` points of dense. The rank-adaptive runs of the same data are listed in
 the table with their final ranks (their evolution is the report's rank section).
 """
 
@@ -15,9 +16,13 @@ from collections import defaultdict
 from typing import Any
 
 from . import plots
+from .compress.rank_rule import choose_rank
 from .document import Image, Section, Table
 
-__all__ = ["rank_sweep_section", "sweep_groups"]
+__all__ = ["rank_sweep_section", "sweep_groups", "TOLERANCE"]
+
+TOLERANCE = 1.0
+"""Percentage points of test accuracy the rank rule allows below dense (``lowrank compress``'s default)."""
 
 
 def _get(d: Any, *keys: str) -> Any:
@@ -71,8 +76,14 @@ def rank_sweep_section(runs: list[Any]) -> Section | None:
     groups = sweep_groups(runs)
     if not groups:
         return None
-    images, rows = [], []
+    images, rows, notes = [], [], []
     for i, (dataset, model, method, group, dense, adaptive) in enumerate(groups):
+        if dense:   # the compression issue's rank rule: the smallest k within 1 point of dense
+            table = [{"k": _get(r.config, "method", "rank"), "test accuracy": r.summary["test_acc"],
+                      "params": _params(r.summary) or 0} for r in group]
+            choice = choose_rank(table, TOLERANCE, reference=dense[0].summary["test_acc"], accuracy="test accuracy")
+            notes.append(f"{method} on {dataset}: k = {choice.row['k']} ({100 * choice.accuracy:.2f}% against "
+                         f"dense {100 * choice.reference:.2f}%): {choice.rule}")
         ks = [_get(r.config, "method", "rank") for r in group]
         acc = [plots.Series(f"{method} ({model}, {dataset})", ks, [100 * r.summary["test_acc"] for r in group])]
         time = [plots.Series(f"{method} ({model}, {dataset})", ks, [r.summary.get("epoch_time") for r in group])]
@@ -105,7 +116,7 @@ def rank_sweep_section(runs: list[Any]) -> Section | None:
                          f"{_converted_params(r):,}" if ranks else "–"])
     table = Table(["run", "k", "test accuracy", "epoch time", "time / dense", "parameters", "in low-rank layers"],
                   rows, numeric={2, 3, 4, 5, 6})
-    return Section("Accuracy and time against k", table=table, images=images, paragraphs=[
+    return Section("Accuracy and time against k", table=table, images=images, notes=notes, paragraphs=[
         "Fixed-rank runs of one method at several ranks k, against the dense runs of the same data and model "
         "(dashed). Epoch time: mean wall time of a training epoch (evaluation excluded), so the ratio to dense "
         "is measured on the same machine; on a shared machine absolute times vary between runs."])
