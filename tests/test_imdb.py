@@ -156,8 +156,9 @@ def test_registered_imdb_loads_from_a_data_dir(members, tmp_path):
                                 train_size=16, test_size=10))
     assert (len(s.train), len(s.test), s.num_classes, s.classes) == (16, 10, 2, ["neg", "pos"])
     assert s.tokenizer is not None and s.input_scale == 1.0 and s.mean == 0.0
-    with pytest.raises(ConfigError, match="max_length"):
-        DataConfig(dataset="imdb", max_length=0)
+    for bad in ({"max_length": 0}, {"max_length": 9000}, {"vocab_size": 5}, {"tokenizer": ""}):
+        with pytest.raises(ConfigError, match=next(iter(bad))):
+            DataConfig(dataset="imdb", **bad)
     with pytest.raises(ConfigError, match="more than vocab_size"):
         path = tmp_path / "tok.json"
         path.write_text(s.tokenizer)
