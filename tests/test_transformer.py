@@ -323,3 +323,12 @@ method = { method = "dlrt", rank = 8, adaptive = true, tau = 0.3, max_rank = 8, 
     assert "vanilla on imdb: k = " in section   # the rank rule's choice
     figures = {f.name for f in (tmp_path / "report" / "figures").iterdir()}
     assert {"accuracy_vs_k_0.png", "time_vs_k_0.png", "rank_evolution.png"} <= figures
+
+
+def test_compress_leaves_packed_attention_out():
+    from lowrank.compress.truncate import selected_layers
+
+    m = build_model("transformer", {"d_model": 8, "num_heads": 2}, sample_shape=(1, 28, 28), num_outputs=10)
+    assert selected_layers(m) == ["rows", "encoder.layers.0.linear1", "encoder.layers.0.linear2"]
+    with pytest.raises(lowrank.errors.ConfigError, match="projection of an nn.MultiheadAttention"):
+        selected_layers(m, target=r".*self_attn\..*")
