@@ -26,7 +26,7 @@ if ! $PY -c "import torch" 2>/dev/null; then
   $PY -m pip install -q "torch==2.13.0"
 fi
 
-if ! $PY -c "import lowrank, pytest, hypothesis, tomli_w, tokenizers, openpyxl, scipy, PIL, tensorboard, safetensors, onnx, onnxruntime" 2>/dev/null \
+if ! $PY -c "import lowrank, pytest, hypothesis, tomli_w, tokenizers, transformers, openpyxl, scipy, PIL, tensorboard, safetensors, onnx, onnxruntime" 2>/dev/null \
    || [ pyproject.toml -nt "$($PY -c 'import lowrank,os;print(os.path.dirname(lowrank.__file__))' 2>/dev/null || echo /nonexistent)" ]; then
   echo "[install] pip install -e .[test,text,kinetics,onnx]" >&2
   $PY -m pip install -q -e ".[test,text,kinetics,onnx]" 2>&1 | grep -v "Running pip as the 'root' user" || true

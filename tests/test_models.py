@@ -69,7 +69,7 @@ def test_lenet5_rejects_too_small_images_and_unknown_activation():
 # ---------------------------------------------------------------- table and built-ins
 
 def test_model_table_and_old_imports():
-    assert set(MODELS) == {"mlp", "lenet5"}
+    assert set(MODELS) == {"mlp", "lenet5", "transformer"}
     for spec in MODELS.values():
         assert callable(spec.builder) and spec.description and "\n" not in spec.description
     assert callable(mlp) and "relu" in ACTIVATIONS  # `from lowrank.models import mlp` is the function

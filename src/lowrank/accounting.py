@@ -51,7 +51,7 @@ from torch import nn
 
 from .layer import ConvLayer, is_conv_layer, is_lowrank
 
-__all__ = ["Quantity", "Accounting", "count", "hidden_weights", "linear_like", "record_input_sizes"]
+__all__ = ["Quantity", "Accounting", "count", "hidden_weights", "layer_params", "linear_like", "record_input_sizes"]
 
 
 class Quantity(dict):
@@ -241,6 +241,17 @@ def hidden_weights(model: nn.Module, dense_reference: nn.Module | None = None) -
     nbytes = sum(layer.weights * _dtype_size(layer.module) for layer in layers)
     dense = _dense_totals(dense_reference if dense_reference is not None else model)[1]
     return Quantity(n, nbytes, _ratio(n, dense))
+
+
+def layer_params(model: nn.Module) -> dict[str, int]:
+    """``{qualified module name: inference parameters}`` of every module holding parameters of its own
+    (a low-rank layer counted as one, by its ``num_params``), in module order; ``""`` is the model itself."""
+    out: dict[str, int] = {}
+    for name, mod in _units(model):
+        n = mod.num_params() if is_lowrank(mod) else sum(p.numel() for p in mod.parameters(recurse=False))
+        if n:
+            out[name] = int(n)
+    return out
 
 
 def count(model: nn.Module, optimizer: torch.optim.Optimizer | None = None,

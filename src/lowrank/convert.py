@@ -44,6 +44,7 @@ import torch
 from torch import nn
 
 from .attention import PROJECTIONS, LowRankMultiheadAttention
+from .conv1d import conv1d_as_linear, is_conv1d, linear_as_conv1d
 from .errors import CheckpointError, ConfigError
 from .layer import LowRankLayer, is_conv_layer, is_lowrank
 from .linalg import break_even_rank, check_rank
@@ -127,6 +128,8 @@ class _Site:
             return getattr(mod, f"{self.projection}_proj_weight").detach()
         if is_lowrank(mod):
             return mod.dense_weight().detach()
+        if is_conv1d(mod):
+            return mod.weight.detach().T          # Conv1D stores (in, out)
         return mod.weight.detach().reshape(mod.weight.shape[0], -1)
 
 
@@ -165,6 +168,9 @@ def _sites(model: nn.Module) -> list[_Site]:
         elif isinstance(mod, nn.Linear):
             out.append(_Site(name, "attention" if proj else "linear", mod, mod.in_features, mod.out_features,
                              mod.bias is not None, **where))
+        elif is_conv1d(mod):
+            nx, nf = mod.weight.shape
+            out.append(_Site(name, "linear", mod, nx, nf, getattr(mod, "bias", None) is not None, **where))
         elif isinstance(mod, nn.Conv2d):
             reason = None if mod.groups == 1 else \
                 f"groups={mod.groups}: kept dense (only groups=1 convolutions are factorized)"
@@ -370,6 +376,9 @@ def convert(model: nn.Module, method: str | MethodConfig = "vanilla", *, target:
         mod = model.get_submodule(name)
         if isinstance(mod, nn.Conv2d):
             new = conv_cls.from_conv(mod, ranks[name], **layer_options)  # type: ignore[union-attr]
+        elif is_conv1d(mod):
+            new = linear_cls.from_linear(conv1d_as_linear(mod), ranks[name], **layer_options)
+            new._lowrank_conv1d = type(mod)   # merge puts a Conv1D back
         else:
             new = linear_cls.from_linear(mod, ranks[name], **layer_options)
         new.train(mod.training)
@@ -412,7 +421,9 @@ def merge(model: nn.Module, inplace: bool = False) -> nn.Module:
     never ``fc0.base.weight``; ``attn.in_proj_weight``, never ``attn.q_proj.U``).
     """
     if is_lowrank(model):
-        return model.to_dense()
+        dense = model.to_dense()
+        cls = getattr(model, "_lowrank_conv1d", None)
+        return dense if cls is None else linear_as_conv1d(dense, cls)
     if isinstance(model, LowRankMultiheadAttention):
         return model.to_mha()
     if not inplace:
@@ -425,6 +436,8 @@ def merge(model: nn.Module, inplace: bool = False) -> nn.Module:
             continue
         if is_lowrank(mod):
             dense = mod.to_dense()
+            if getattr(mod, "_lowrank_conv1d", None) is not None:
+                dense = linear_as_conv1d(dense, mod._lowrank_conv1d)
         elif isinstance(mod, LowRankMultiheadAttention):
             dense = mod.to_mha()   # reads each projection's dense weight, low-rank or not
         else:
@@ -570,6 +583,8 @@ def restore_structure(model: nn.Module, struct: Mapping[str, Mapping[str, Any]])
         if not isinstance(spec, Mapping):
             raise CheckpointError(f"structure record of {name!r} has no spec table; the checkpoint is damaged")
         _check_shape_fields(name, old, spec)
+        if cls is LowRankMultiheadAttention and isinstance(old, LowRankMultiheadAttention):
+            continue   # built so already (per-head projections): its projections have records of their own
         try:
             new = cls(**spec)
         except (TypeError, ValueError) as e:
@@ -577,6 +592,8 @@ def restore_structure(model: nn.Module, struct: Mapping[str, Mapping[str, Any]])
                                   f"the checkpoint is damaged or from another version") from None
         if ref is not None:
             new = new.to(device=ref.device, dtype=ref.dtype)
+        if is_conv1d(old):
+            new._lowrank_conv1d = type(old)
         new.train(old.training)
         _set_module(model, name, new)
     _sync_transformer_encoders(model)

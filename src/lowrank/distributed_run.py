@@ -16,10 +16,12 @@ will read it: a run written by N processes resumes in M.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import re
 import subprocess
 import sys
+import tempfile
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,7 +31,7 @@ from .config import TrainConfig
 from .data import load_dataset
 from .distributed import DataParallelStepper, World, broadcast_object, init_from_env
 from .errors import ConfigError
-from .run import RunResult, fit_options, prepare, resume_run, train_run
+from .run import TOKENIZER_NAME, RunResult, fit_options, prepare, resume_run, train_run
 from .store import Store
 from .train import Callback, LoopState, fit
 
@@ -52,8 +54,10 @@ def train_distributed(cfg: TrainConfig | None, *, resume: int | None = None, db:
     device = cfg.device if cfg is not None else os.environ.get("LOWRANK_DIST_DEVICE", "cpu")
     world = init_from_env(device)
 
+    tokenizer: list[str | None] = [None]   # a text run's tokenizer JSON: every process must use process 0's
+
     def wrap(c: TrainConfig, ckpt: dict[str, Any] | None, stepper: Any) -> DataParallelStepper:
-        broadcast_object((c.to_dict(), ckpt))
+        broadcast_object((c.to_dict(), ckpt, tokenizer[0]))
         return DataParallelStepper(stepper, world, check_every)
 
     if world.is_main:
@@ -61,14 +65,25 @@ def train_distributed(cfg: TrainConfig | None, *, resume: int | None = None, db:
             raise ConfigError("process 0 of a data-parallel run needs the results database (--db)")
         store = Store(db)
         if resume is not None:
+            row = store.run(resume)
+            path = Path(row["run_dir"]) / TOKENIZER_NAME if row is not None and row["run_dir"] else None
+            tokenizer[0] = path.read_text(encoding="utf-8") if path is not None and path.is_file() else None
             recording["callbacks"] = [*recording.get("callbacks", ()), *replica_callbacks]
             return world, resume_run(resume, store=store, wrap_stepper=wrap, **recording)
         assert cfg is not None
         recording["callbacks"] = [*recording.get("callbacks", ()), *replica_callbacks]
-        return world, train_run(cfg, store=store, runs_dir=runs_dir, wrap_stepper=wrap, **recording)
-    sent, ckpt = broadcast_object()
+        cfg.validate()
+        data = load_dataset(cfg.data, seed=cfg.seed)
+        tokenizer[0] = data.tokenizer
+        return world, train_run(cfg, store=store, runs_dir=runs_dir, data=data, wrap_stepper=wrap, **recording)
+    sent, ckpt, tokenizer_json = broadcast_object()
     run_cfg = TrainConfig.from_dict(sent)
-    data = load_dataset(run_cfg.data, seed=run_cfg.seed)
+    with tempfile.TemporaryDirectory() as tmp:
+        data_cfg = run_cfg.data
+        if tokenizer_json is not None:    # trained by process 0 (training it again may give other ids)
+            (Path(tmp) / TOKENIZER_NAME).write_text(tokenizer_json, encoding="utf-8")
+            data_cfg = dataclasses.replace(data_cfg, tokenizer=str(Path(tmp) / TOKENIZER_NAME))
+        data = load_dataset(data_cfg, seed=run_cfg.seed)
     model, stepper, _ = prepare(run_cfg, data, ckpt,
                                 lambda c, k, s: DataParallelStepper(s, world, check_every))
     state = LoopState.from_state_dict(ckpt["loop"]) if ckpt is not None else None

@@ -283,7 +283,7 @@ class TensorBoardWriter(Callback):
 def summarize(model: nn.Module, stepper: Any, data: Splits, loss: str,
               history: list[dict[str, Any]]) -> dict[str, Any]:
     """The summary of a finished run: final test metrics, times, accounting, ranks, confusion."""
-    from .accounting import count, hidden_weights
+    from .accounting import count, hidden_weights, layer_params
 
     classification = data.num_classes > 0
     test = evaluate(model, data.test, loss, return_predictions=True)
@@ -300,6 +300,7 @@ def summarize(model: nn.Module, stepper: Any, data: Splits, loss: str,
         "hidden_weights": hidden_weights(model),
         "ranks": {name: getattr(m, "rank") for name, m in model.named_modules()
                   if hasattr(m, "rank") and not isinstance(m, nn.Linear)},
+        "layer_params": layer_params(model),
     }
     if not classification:
         n = min(len(data.test), SCATTER_POINTS)

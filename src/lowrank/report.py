@@ -16,7 +16,9 @@ Two are built in:
 - *LoRA rank curves*: for the rows of ``lowrank finetune`` (summary key ``finetune``),
   accuracy, trainable parameters, time and memory against the LoRA rank with full
   fine-tuning and scratch as references; otherwise test accuracy against the adapter
-  rank, when the runs contain LoRA runs of at least two ranks on the same dataset.
+  rank, when the runs contain LoRA runs of at least two ranks on the same dataset;
+- *accuracy and time against k*: fixed-rank runs of one method at two or more ranks, with the
+  dense runs of the same data as reference lines (:mod:`lowrank.rank_sweep_report`).
 """
 
 from __future__ import annotations
@@ -455,6 +457,15 @@ def lora_section(runs: list[RunData]) -> Section | None:
     time and memory against rank, full fine-tuning and scratch as references; see
     :mod:`lowrank.finetune_report`), else test accuracy against the rank of plain LoRA runs."""
     from .finetune_report import lora_section as build
+
+    return build(runs)
+
+
+@register_section
+def rank_sweep_section(runs: list[RunData]) -> Section | None:
+    """Accuracy and epoch time against ``k`` for fixed-rank runs of one method at several ranks, dense
+    as the reference (see :mod:`lowrank.rank_sweep_report`)."""
+    from .rank_sweep_report import rank_sweep_section as build
 
     return build(runs)
 

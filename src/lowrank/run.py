@@ -10,6 +10,7 @@ files, its folder), never one that a live process holds.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import os
@@ -23,7 +24,8 @@ from torch import nn
 
 from .checkpoint import check_optimizer_state, damaged, load_model, read_checkpoint
 from .config import TrainConfig
-from .data import Augmentation, Splits, load_dataset
+from .data import Augmentation, DataConfig, Splits, load_dataset
+from .data.registry import is_text_dataset
 from .errors import CheckpointError, ConfigError, RunLockedError, TrainingDivergedError
 from .losses import resolve_loss
 from .models import MODELS
@@ -36,12 +38,16 @@ from .store import Store
 from .train import Callback, LoopState, fit
 
 __all__ = ["train_run", "resume_run", "delete_run", "RUN_FILES", "build_model", "build_dense_model", "apply_method",
-           "build_stepper", "prepare", "fit_options", "RunResult", "EpochFn", "StepperWrap"]
+           "build_stepper", "prepare", "fit_options", "RunResult", "EpochFn", "StepperWrap", "TOKENIZER_NAME",
+           "with_run_tokenizer"]
 
 EpochFn = Any  # Callable[[int, dict], None]
 #: Called with the config, the checkpoint (or None) and the method's stepper once they are built and
 #: restored; returns the stepper to train with (data-parallel training wraps it there).
 StepperWrap = Callable[[TrainConfig, "dict[str, Any] | None", Stepper], Any]
+
+#: A text run's tokenizer (``tokenizers`` JSON) in its folder.
+TOKENIZER_NAME = "tokenizer.json"
 
 
 @dataclass
@@ -65,6 +71,8 @@ def build_dense_model(cfg: TrainConfig, sample_shape: tuple[int, ...], num_outpu
         args.setdefault("layers", list(cfg.layers))
     if cfg.model in MODELS:
         args.setdefault("activation", cfg.activation)
+    if cfg.model == "transformer" and is_text_dataset(cfg.data.dataset):
+        args.setdefault("vocab_size", cfg.data.vocab_size)   # the tokenizer's ids are all below it
     return build_base_model(cfg.model, args, sample_shape=tuple(sample_shape), num_outputs=num_outputs)
 
 
@@ -108,6 +116,8 @@ def train_run(cfg: TrainConfig, *, store: Store, runs_dir: str | Path = "runs", 
     try:
         store.set_run_dir(run_id, str(run_dir.resolve()))
         (run_dir / "config.json").write_text(json.dumps(cfg.to_dict(), indent=2))
+        if data.tokenizer is not None:   # text: the ids' tokenizer, reused on resume
+            (run_dir / TOKENIZER_NAME).write_text(data.tokenizer, encoding="utf-8")
         return _train(cfg, run_id, run_dir, store, data, model, stepper, None, progress, on_epoch, tensorboard,
                       callbacks, lock)
     finally:
@@ -137,7 +147,7 @@ def resume_run(run_id: int, *, store: Store, data: Splits | None = None, progres
         ckpt_path = run_dir / "checkpoint.pt"
         ckpt = read_checkpoint(ckpt_path) if ckpt_path.exists() else None  # killed before epoch 1: restart
         if data is None:
-            data = load_dataset(cfg.data, seed=cfg.seed)
+            data = load_dataset(with_run_tokenizer(cfg.data, run_dir), seed=cfg.seed)
         model, stepper, _ = prepare(cfg, data, ckpt, wrap_stepper)
         store.set_status(run_id, "running")
         with damaged("the checkpoint's loop state"):
@@ -146,6 +156,12 @@ def resume_run(run_id: int, *, store: Store, data: Splits | None = None, progres
                       callbacks, lock)
     finally:
         lock.release()
+
+
+def with_run_tokenizer(data: DataConfig, run_dir: Path) -> DataConfig:
+    """``data`` reading the run's own ``tokenizer.json`` when it has one (text datasets)."""
+    path = run_dir / TOKENIZER_NAME
+    return dataclasses.replace(data, tokenizer=str(path)) if path.is_file() and data.tokenizer is None else data
 
 
 def _resumable(store: Store, run_id: int) -> dict[str, Any]:
@@ -255,7 +271,7 @@ def _new_run_dir(runs_dir: Path, name: str) -> Path:
 
 
 #: The files lowrank writes in a run folder (``.checkpoint.pt.*.tmp``: a checkpoint write cut short).
-RUN_FILES = ("config.json", "metrics.jsonl", "summary.json", "checkpoint.pt", BEST_NAME, LOCK_NAME)
+RUN_FILES = ("config.json", "metrics.jsonl", "summary.json", "checkpoint.pt", BEST_NAME, LOCK_NAME, TOKENIZER_NAME)
 
 
 def _is_run_file(name: str) -> bool:

@@ -322,8 +322,11 @@ def evaluate(model: nn.Module, ds: ArrayDataset, loss: str = "cross_entropy", ba
 
     Always ``loss`` (mean task loss); classification: ``acc``; regression: ``acc`` None and
     ``mae``, ``rmse``, ``r2`` (``1 - SS_res / SS_tot``; None for constant targets).
-    ``return_predictions`` adds ``predictions`` (class indices or values, on the CPU).
+    ``return_predictions`` adds ``predictions`` (class indices or values, on the CPU). A model
+    with an ``eval_batch_size`` attribute caps ``batch_size`` (the transformer: its attention
+    scores grow with the square of the sequence length).
     """
+    batch_size = min(batch_size, int(getattr(model, "eval_batch_size", batch_size)))
     loss_fn = loss_function(loss)
     regression = is_regression(loss)
     was_training = model.training

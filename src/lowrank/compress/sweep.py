@@ -39,6 +39,7 @@ from torch import nn
 from ..accounting import count
 from ..convert import merge
 from ..data import ArrayDataset, Splits, load_dataset
+from ..data.registry import is_text_dataset
 from ..errors import ConfigError
 from ..losses import resolve_loss
 from ..saving import load, save
@@ -115,6 +116,9 @@ def run_compress(cfg: CompressConfig, *, store: Store, on_point: PointFn | None 
     layers = selected_layers(dense, target=cfg.target, exclude=cfg.exclude, include_output=cfg.include_output)
     plans = plan_points(dense, cfg, layers)
     run_cfg = source.config
+    if is_text_dataset(run_cfg.data.dataset):
+        raise ConfigError(f"{source.path}: compress times the model on random inputs, which are no token ids; "
+                          f"runs on text datasets ({run_cfg.data.dataset}) are not supported by compress yet")
     data = _slice(load_dataset(run_cfg.data, seed=run_cfg.seed), cfg)
     if not data.num_classes:
         raise ConfigError(f"{source.path}: compress chooses k by test accuracy, so it needs a classification run "

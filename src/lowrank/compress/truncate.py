@@ -40,10 +40,19 @@ ENERGY_SCOPES = ("layer", "global")
 
 def selected_layers(model: nn.Module, *, target: str | Sequence[str] | None = None,
                     exclude: str | Sequence[str] | None = None, include_output: bool = False) -> list[str]:
-    """Names of the dense Linear / Conv2d layers to truncate, in module order."""
+    """Names of the dense Linear / Conv2d layers to truncate, in module order. The projections of an
+    ``nn.MultiheadAttention`` are left out of the default selection (they are no layers of their own);
+    naming one in ``target`` is a ConfigError."""
     if target is None and include_output:
         target = ".*"
     names = select(model, target, exclude, method="twofactor")
+    packed = [n for n in names if _in_attention(model, n)]
+    if packed and target is None:   # not nn.Linear layers of their own: the default leaves them out
+        names = [n for n in names if n not in packed]
+    elif packed:
+        raise ConfigError(f"layer {packed[0]!r} is a projection of an nn.MultiheadAttention: compress truncates "
+                          f"nn.Linear and nn.Conv2d layers (for low-rank attention train with --method vanilla "
+                          f"--target ...); leave it out with --exclude '{packed[0]}'")
     for name in names:
         if not isinstance(model.get_submodule(name), (nn.Linear, nn.Conv2d)):
             raise ConfigError(f"layer {name!r} is a {type(model.get_submodule(name)).__name__}: compress truncates "
@@ -52,6 +61,15 @@ def selected_layers(model: nn.Module, *, target: str | Sequence[str] | None = No
         raise ConfigError("no layer to compress: the model has no Linear or Conv2d layer besides the output layer "
                           "(add --include-output, or name layers with --target)")
     return names
+
+
+def _in_attention(model: nn.Module, name: str) -> bool:
+    """True for a projection of an ``nn.MultiheadAttention`` (packed, or its ``out_proj``)."""
+    parent = name.rpartition(".")[0]
+    try:
+        return isinstance(model.get_submodule(parent) if parent else model, nn.MultiheadAttention)
+    except AttributeError:
+        return False
 
 
 def layer_matrix(model: nn.Module, name: str) -> torch.Tensor:

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from ..errors import ConfigError
 from ..field_types import check_field_types
 
-__all__ = ["DataConfig", "TASKS", "IMAGE_MODES", "TRACE_SCALINGS"]
+__all__ = ["DataConfig", "TASKS", "IMAGE_MODES", "TRACE_SCALINGS", "MAX_TEXT_LENGTH", "MIN_VOCAB", "MAX_VOCAB"]
 
 TASKS = ("auto", "classification", "regression")
 """Values of :attr:`DataConfig.task`."""
@@ -15,6 +15,10 @@ IMAGE_MODES = ("auto", "L", "RGB")
 """Values of :attr:`DataConfig.image_mode`."""
 TRACE_SCALINGS = ("none", "amplitude")
 """Values of :attr:`DataConfig.trace_scaling`."""
+MAX_TEXT_LENGTH = 8192
+"""Largest :attr:`DataConfig.max_length` (attention costs grow with its square)."""
+MIN_VOCAB, MAX_VOCAB = 100, 1_000_000
+"""Range of :attr:`DataConfig.vocab_size`."""
 
 
 @dataclass
@@ -59,6 +63,12 @@ class DataConfig:
     normalize_target: bool = False
     """Regression: train on targets standardized by the training split's mean and std; the model maps its
     outputs back, so predictions, losses and metrics stay in the target's units."""
+    max_length: int = 256
+    """Text datasets (imdb): tokens kept per text (its first ones), padded to this length."""
+    vocab_size: int = 8000
+    """Text datasets: size of the WordPiece vocabulary trained on the training split (the embedding's size)."""
+    tokenizer: str | None = None
+    """Text datasets: a tokenizer.json to use instead of training one (a resumed run reuses its own)."""
 
     def __post_init__(self) -> None:
         self.validate()
@@ -85,6 +95,15 @@ class DataConfig:
             if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 <= v < float("inf") or (
                     top is not None and v > top):
                 raise ConfigError(f"{name} must be a number >= 0{f' and <= {top:g}' if top else ''}, got {v!r}")
+        if isinstance(self.max_length, bool) or not isinstance(self.max_length, int) or \
+                not 1 <= self.max_length <= MAX_TEXT_LENGTH:
+            raise ConfigError(f"max_length must be an integer from 1 to {MAX_TEXT_LENGTH} (tokens per text), "
+                              f"got {self.max_length!r}")
+        if isinstance(self.vocab_size, bool) or not isinstance(self.vocab_size, int) or \
+                not MIN_VOCAB <= self.vocab_size <= MAX_VOCAB:
+            raise ConfigError(f"vocab_size must be an integer from {MIN_VOCAB} to {MAX_VOCAB}, got {self.vocab_size!r}")
+        if self.tokenizer is not None and (not isinstance(self.tokenizer, str) or not self.tokenizer.strip()):
+            raise ConfigError(f"tokenizer must be the path of a tokenizer.json, got {self.tokenizer!r}")
         for name in ("train_size", "test_size", "image_size"):
             v = getattr(self, name)
             if v is not None and (not isinstance(v, int) or isinstance(v, bool) or v <= 0):

@@ -93,6 +93,10 @@ class Splits:
     """Regression with ``normalize_target``: the training targets' mean (the model adds it to its output)."""
     target_std: float = 1.0
     """Regression with ``normalize_target``: the training targets' std (the model's output is scaled by it)."""
+    vocab_size: int = 0
+    """Text data: every input is a token id below this (0 = padding); 0 for other data."""
+    tokenizer: str | None = field(default=None, repr=False)
+    """Text data: the JSON of the tokenizer that made the ids (a run saves it as tokenizer.json)."""
 
     @property
     def target_scaled(self) -> bool:

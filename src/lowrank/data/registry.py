@@ -37,12 +37,15 @@ from .dataset import Splits
 from .files import check_data_dir, dataset_path, load_file_dataset, looks_like_path, searched_paths
 from .hoda import read_hoda
 from .idx import read_idx
+from .imdb import LABELS as IMDB_LABELS
+from .imdb import IMDB_ARCHIVES, load_imdb, locate_imdb
 from .mnist_csv import read_mnist_csv
 from .prepare import Prepared, build_splits
 from .stopped_flow import is_stopped_flow, load_stopped_flow
+from .text import text_splits
 
 __all__ = ["DatasetSpec", "DatasetInfo", "RawData", "DATASETS", "register", "search_places",
-           "find_dataset", "list_datasets", "load_raw", "load_dataset"]
+           "find_dataset", "list_datasets", "load_raw", "load_dataset", "is_text_dataset"]
 
 SYSTEM_DATA_ROOT = Path("/usr/share/datasets")
 """Where Debian's ``dataset-*`` packages install their files."""
@@ -83,6 +86,9 @@ class DatasetSpec:
     """Sub-folder names tried under each data root (default: the name)."""
     system_dirs: tuple[Path, ...] = ()
     """Known system folders (default: ``/usr/share/datasets/<name>``)."""
+    load_splits: Callable[[dict[str, Path], DataConfig, int, bool], Splits] | None = None
+    """Data that is not arrays (text): ``load_splits(files, cfg, seed, use_cache)`` builds the
+    splits itself, and ``load`` is never called."""
 
 
 @dataclass
@@ -350,6 +356,37 @@ register(DatasetSpec(
 ))
 
 
+def is_text_dataset(name: str) -> bool:
+    """True for a registered dataset of texts (its samples are token ids)."""
+    spec = DATASETS.get(name)
+    return spec is not None and spec.load_splits is not None
+
+
+def _imdb_splits(files: dict[str, Path], cfg: DataConfig, seed: int, use_cache: bool) -> Splits:
+    data = load_imdb(files, use_cache)
+    return text_splits(data.train.texts, data.train.labels, data.test.texts, data.test.labels, cfg, seed,
+                       name="imdb", classes=list(IMDB_LABELS), sources=[data.source])
+
+
+def _text_only(files: dict[str, Path], use_cache: bool) -> RawData:
+    raise ConfigError("imdb holds texts, not arrays: load it with load_dataset(DataConfig(dataset='imdb'))")
+
+
+register(DatasetSpec(
+    name="imdb",
+    description="IMDB Large Movie Review Dataset: 25,000 train / 25,000 test reviews, positive or negative; "
+                "WordPiece token ids (--max-length, --vocab-size)",
+    files=f"{' or '.join(IMDB_ARCHIVES)}, or the unpacked aclImdb/train|test/pos|neg/ folders",
+    how_to_get="download aclImdb_v1.tar.gz from https://ai.stanford.edu/~amaas/data/sentiment/ (Maas et al., "
+               "ACL 2011); the project's shared/datasets/imdb/ folder holds the labelled part",
+    locate=locate_imdb,
+    load=_text_only,
+    num_classes=2,
+    folder_names=("imdb", "aclImdb"),
+    load_splits=_imdb_splits,
+))
+
+
 # --------------------------------------------------------------------------- splitting
 
 def load_raw(name: str, data_dir: str | os.PathLike[str] | None = None, *,
@@ -417,6 +454,10 @@ def load_dataset(cfg: DataConfig, seed: int = 0, *, use_cache: bool = True) -> S
     readers' :class:`~lowrank.errors.CorruptFileError` for malformed files.
     """
     cfg.validate()
+    spec = DATASETS.get(cfg.dataset)
+    if spec is not None and spec.load_splits is not None:
+        _, files = find_dataset(cfg.dataset, cfg.data_dir)
+        return spec.load_splits(files, cfg, seed, use_cache)
     if cfg.dataset in DATASETS:
         prepared = _prepare_registered(cfg, use_cache)
     elif is_stopped_flow(cfg.dataset):

@@ -21,6 +21,7 @@ from __future__ import annotations
 from .factory import MODELS, ModelBuilder, ModelSpec, build_model, check_model_args
 from .lenet5 import lenet5
 from .mlp import ACTIVATIONS, mlp
+from .transformer import TransformerClassifier
 
-__all__ = ["mlp", "lenet5", "ACTIVATIONS", "ModelSpec", "ModelBuilder", "MODELS", "build_model",
+__all__ = ["mlp", "lenet5", "TransformerClassifier", "ACTIVATIONS", "ModelSpec", "ModelBuilder", "MODELS", "build_model",
            "check_model_args"]

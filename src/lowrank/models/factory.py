@@ -26,6 +26,7 @@ from torch import nn
 from ..errors import ConfigError
 from .lenet5 import lenet5
 from .mlp import mlp
+from .transformer import build_transformer
 
 __all__ = ["ModelSpec", "ModelBuilder", "MODELS", "build_model", "check_model_args"]
 
@@ -99,6 +100,9 @@ MODELS: dict[str, ModelSpec] = {
     "mlp": ModelSpec(_build_mlp, "fully connected net: Linear layers of sizes --layers with --activation between"),
     "lenet5": ModelSpec(_build_lenet5, "LeNet-5 of the DLRT paper: conv 20 and 50 filters 5x5, Linear 500, "
                                        "for (C, H, H) images"),
+    "transformer": ModelSpec(build_transformer, "small transformer encoder (nn.TransformerEncoderLayer): token "
+                                                "ids of a text dataset, or images as rows; model_args d_model, "
+                                                "num_heads, num_layers, dim_feedforward, dropout, per_head"),
 }
 """Built-in models by name. Any other model is given as ``package.module:factory``."""
 
