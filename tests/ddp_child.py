@@ -51,6 +51,7 @@ def worker(rank: int, size: int, init_file: str, cfg_dicts: list[dict[str, Any]]
         except ReplicaMismatchError as e:
             caught = str(e)
         (Path(out_dir) / f"mismatch-{rank}.txt").write_text(caught)
+        dist.barrier()   # no process tears its connections down while the other still reads them
     finally:
         dist.destroy_process_group()
 
@@ -93,5 +94,6 @@ def run_worker(rank: int, size: int, init_file: str, jobs: list[tuple[dict[str, 
                                   replica_callbacks=stop)
             except KeyboardInterrupt:
                 pass
+        dist.barrier()
     finally:
         dist.destroy_process_group()
