@@ -9,7 +9,7 @@ import pytest
 
 from cli_checks import one_line_error
 from lowrank.errors import ConfigError, StoreError
-from lowrank.merge import merge_databases
+from lowrank.store_merge import merge_databases
 from lowrank.store import Store
 from lowrank.sweep import plan_sweep, run_sweep
 from lowrank.sweep_matrix import load_matrix
@@ -119,3 +119,11 @@ def test_a_foreign_database_is_refused(tmp_path) -> None:
     with pytest.raises(StoreError, match="not a lowrank results database"):
         merge_databases(tmp_path / "m.db", [tmp_path / "other.db"])
     assert not (tmp_path / "m.db").exists()
+
+
+def test_the_database_merge_module_does_not_shadow_lowrank_merge() -> None:
+    import lowrank
+    import lowrank.cli  # noqa: F401  (imports the database merge for `lowrank merge`)
+    import lowrank.store_merge  # noqa: F401
+
+    assert lowrank.merge is lowrank.convert.__globals__["merge"]   # still the inverse of convert

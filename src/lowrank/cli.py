@@ -789,7 +789,7 @@ def cmd_export(ns: argparse.Namespace) -> int:
 
 
 def cmd_merge(ns: argparse.Namespace) -> int:
-    from .merge import merge_databases
+    from .store_merge import merge_databases
 
     r = merge_databases(ns.out, ns.inputs)
     print(f"merged {len(r.per_input)} databases ({', '.join(f'{p}: {n} runs' for p, n in r.per_input.items())}) "

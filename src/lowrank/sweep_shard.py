@@ -6,7 +6,7 @@ the grid, differ in size by at most one, and depend only on the set of keys, nev
 the order of the lists in the file or on the machine. So a SLURM array
 (``--shard $SLURM_ARRAY_TASK_ID/$SLURM_ARRAY_TASK_COUNT``), a Kubernetes indexed job or
 plain ``ssh`` can spread a matrix, each shard into its own database; ``lowrank merge``
-then combines them (:mod:`lowrank.merge`).
+then combines them (:mod:`lowrank.store_merge`).
 """
 
 from __future__ import annotations
