@@ -19,7 +19,6 @@ __all__ = [
     "truncated_svd",
     "householder_qr_positive",
     "takes_cholesky_qr",
-    "cholesky_qr2",
     "rank_for_energy",
     "rank_for_param_ratio",
     "rank_for_tolerance",
@@ -79,7 +78,7 @@ def ql_positive(a: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         ql = cholesky_qr2(a, lower=True)
         if ql is not None:
             return ql
-    q, r = qr_positive(a.flip(-1))
+    q, r = householder_qr_positive(a.flip(-1))
     return q.flip(-1), r.flip(-2, -1)
 
 
