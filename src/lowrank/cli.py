@@ -230,6 +230,7 @@ def cmd_train(ns: argparse.Namespace) -> int:
 
 def _train_process(ns: argparse.Namespace, cfg: TrainConfig | None, progress: bool) -> Any:
     """One of the processes torchrun started: process 0 records and returns the result, the others None."""
+    from .distributed import leave
     from .distributed_run import train_distributed
 
     main = os.environ.get("RANK", "0") == "0"       # torchrun's; the process group is joined inside
@@ -237,6 +238,7 @@ def _train_process(ns: argparse.Namespace, cfg: TrainConfig | None, progress: bo
                                   check_every=ns.check_replicas, progress=progress and main,
                                   tensorboard=ns.tensorboard if main else None,
                                   on_epoch=None if ns.quiet or ns.json or not main else _print_epoch)
+    leave()
     return result
 
 

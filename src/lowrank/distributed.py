@@ -36,7 +36,7 @@ from torch import nn
 from .errors import ConfigError, ReplicaMismatchError
 from .losses import LossFn
 
-__all__ = ["World", "world", "init_from_env", "launched_by_torchrun", "shard_bounds", "GradientAverager",
+__all__ = ["World", "world", "init_from_env", "leave", "launched_by_torchrun", "shard_bounds", "GradientAverager",
            "DataParallelStepper", "check_replicas", "ReplicaMismatchError", "broadcast_object"]
 
 
@@ -95,6 +95,15 @@ def init_from_env(device: str = "cpu") -> World:
         torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0") or 0))
     dist.init_process_group(backend="nccl" if cuda else "gloo")
     return world()
+
+
+def leave() -> None:
+    """After a run that ended normally: every process meets the others, then the process group
+    is torn down (a process that closes its connections while another still reads them makes
+    gloo abort that one)."""
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()
 
 
 def shard_bounds(n: int, rank: int, size: int) -> tuple[int, int]:
