@@ -86,7 +86,7 @@ def train_distributed(cfg: TrainConfig | None, *, resume: int | None = None, db:
         data = load_dataset(data_cfg, seed=run_cfg.seed)
     model, stepper, _ = prepare(run_cfg, data, ckpt,
                                 lambda c, k, s: DataParallelStepper(s, world, check_every))
-    state = LoopState.from_state_dict(ckpt["loop"]) if ckpt is not None else None
+    state = LoopState.from_state_dict(ckpt.get("loop")) if ckpt is not None else None
     fit(model, data, stepper, state=state, callbacks=list(replica_callbacks), **fit_options(run_cfg))
     return world, None
 

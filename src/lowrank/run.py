@@ -150,8 +150,7 @@ def resume_run(run_id: int, *, store: Store, data: Splits | None = None, progres
             data = load_dataset(with_run_tokenizer(cfg.data, run_dir), seed=cfg.seed)
         model, stepper, _ = prepare(cfg, data, ckpt, wrap_stepper)
         store.set_status(run_id, "running")
-        with damaged("the checkpoint's loop state"):
-            state = LoopState.from_state_dict(ckpt["loop"]) if ckpt is not None else None
+        state = LoopState.from_state_dict(ckpt.get("loop")) if ckpt is not None else None
         return _train(cfg, run_id, run_dir, store, data, model, stepper, state, progress, on_epoch, tensorboard,
                       callbacks, lock)
     finally:

@@ -26,6 +26,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from .checkpoint import damaged
 from .data import ArrayDataset, Augmentation, Splits, as_splits
 from .errors import CheckpointError, ConfigError, TrainingDivergedError
 from .losses import is_regression, loss_function, resolve_loss
@@ -95,7 +96,7 @@ class LoopState:
     @classmethod
     def from_state_dict(cls, d: dict[str, Any]) -> "LoopState":
         """The state :meth:`state_dict` wrote; anything else is a :class:`CheckpointError`."""
-        try:
+        with damaged("the checkpoint's loop state"):
             state = cls(epoch=_count(d["epoch"]), batch=_count(d["batch"]), history=list(d["history"]),
                         perm=d.get("perm"), partial={k: float(v) for k, v in dict(d.get("partial") or
                                                                                    {"loss_sum": 0.0, "time": 0.0}).items()},
@@ -111,9 +112,6 @@ class LoopState:
                 raise ValueError("the partial sums lack loss_sum or time")
             if state.torch_rng is not None:
                 torch.Generator().set_state(state.torch_rng)  # raises for anything but a valid RNG state
-        except (KeyError, TypeError, ValueError, RuntimeError, AttributeError) as e:
-            raise CheckpointError(f"the checkpoint's loop state is damaged ({type(e).__name__}: "
-                                  f"{str(e).splitlines()[0] if str(e) else e!r})") from None
         return state
 
 
