@@ -32,12 +32,11 @@ from typing import Any
 
 from .errors import StoreError
 from .store import Store
+from .sweep import TERMINAL
 
 __all__ = ["merge_databases", "MergeResult", "run_identity"]
 
 _TABLES = ("runs", "epochs", "ranks", "compressions", "compression_points")
-#: Terminal statuses of a sweep's grid point (as :data:`lowrank.sweep.TERMINAL`).
-_TERMINAL = ("finished", "diverged")
 
 
 @dataclass
@@ -63,8 +62,9 @@ def run_identity(row: dict[str, Any]) -> tuple[str, ...]:
     return ("run", digest, repr(float(row["created"])), row["run_dir"] or "")
 
 
-def _read(path: Path) -> dict[str, list[dict[str, Any]]]:
-    """Every row of every table of the lowrank database at ``path``, read-only; damage is a StoreError."""
+def _read(path: Path, expected: dict[str, list[str]]) -> dict[str, list[dict[str, Any]]]:
+    """Every row of every table of the lowrank database at ``path`` (``expected``: the columns of
+    each table, :func:`_columns`), read-only; damage is a StoreError."""
     if not path.is_file():
         raise StoreError(f"merge input {path} is not a file; give existing results databases")
     try:
@@ -72,7 +72,6 @@ def _read(path: Path) -> dict[str, list[dict[str, Any]]]:
     except sqlite3.Error as e:
         raise StoreError(f"merge input {path} cannot be opened (sqlite: {e}); nothing was written") from None
     conn.row_factory = sqlite3.Row
-    expected = _columns()
     try:
         check = conn.execute("PRAGMA quick_check").fetchone()[0]
         if check != "ok":
@@ -122,7 +121,7 @@ def _columns() -> dict[str, list[str]]:
 
 def _preference(row: dict[str, Any]) -> tuple[Any, ...]:
     """Larger is kept: a terminal status, then a run folder, then the newest."""
-    return (row["status"] in _TERMINAL, bool(row["run_dir"]), float(row["created"]), float(row["finished"] or 0))
+    return (row["status"] in TERMINAL, bool(row["run_dir"]), float(row["created"]), float(row["finished"] or 0))
 
 
 def merge_databases(out: str | os.PathLike, inputs: list[str | os.PathLike]) -> MergeResult:
@@ -138,7 +137,8 @@ def merge_databases(out: str | os.PathLike, inputs: list[str | os.PathLike]) -> 
         if p.resolve() in seen:
             raise StoreError(f"merge input {p} is given twice")
         seen.add(p.resolve())
-    data = [(p, _read(p)) for p in paths]                   # every input validated before anything is written
+    cols = _columns()
+    data = [(p, _read(p, cols)) for p in paths]             # every input validated before anything is written
     kept: dict[tuple[str, ...], tuple[int, dict[str, Any]]] = {}
     total = 0
     for i, (_, tables) in enumerate(data):
@@ -148,37 +148,28 @@ def merge_databases(out: str | os.PathLike, inputs: list[str | os.PathLike]) -> 
             if ident not in kept or _preference(row) > _preference(kept[ident][1]):
                 kept[ident] = (i, row)
     order = sorted(kept.values(), key=lambda ir: (float(ir[1]["created"]), ir[0], ir[1]["id"]))
+    # Per input: the rows of each child table under the id of the row they belong to.
+    children = [{(table, key): _grouped(tables[table], key) for table, key in _CHILDREN} for _, tables in data]
     tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
-    cols = _columns()
     try:
         store = Store(tmp)
         try:
             with store.transaction() as c:
                 for i, row in order:
-                    tables = data[i][1]
+                    of = children[i]
                     new = _insert(c, "runs", {k: v for k, v in row.items() if k != "id"}, cols)
                     for table in ("epochs", "ranks"):
-                        for r in tables[table]:
-                            if r["run_id"] == row["id"]:
-                                _insert(c, table, {**r, "run_id": new}, cols)
-                    for comp in tables["compressions"]:
-                        if comp["run_id"] == row["id"]:
-                            cid = _insert(c, "compressions", {**{k: v for k, v in comp.items() if k != "id"},
-                                                              "run_id": new}, cols)
-                            for pt in tables["compression_points"]:
-                                if pt["compression_id"] == comp["id"]:
-                                    _insert(c, "compression_points", {**pt, "compression_id": cid}, cols)
+                        for r in of[table, "run_id"].get(row["id"], []):
+                            _insert(c, table, {**r, "run_id": new}, cols)
+                    for comp in of["compressions", "run_id"].get(row["id"], []):
+                        _copy_compression(c, comp, new, of, cols)
                 done: set[tuple[Any, ...]] = set()      # compression jobs of no stored run: once each
-                for _, tables in data:
-                    for comp in tables["compressions"]:
+                for of in children:
+                    for comp in of["compressions", "run_id"].get(None, []):
                         ident = (comp["created"], comp["out_dir"], comp["source"])
-                        if comp["run_id"] is not None or ident in done:
-                            continue
-                        done.add(ident)
-                        cid = _insert(c, "compressions", {k: v for k, v in comp.items() if k != "id"}, cols)
-                        for pt in tables["compression_points"]:
-                            if pt["compression_id"] == comp["id"]:
-                                _insert(c, "compression_points", {**pt, "compression_id": cid}, cols)
+                        if ident not in done:
+                            done.add(ident)
+                            _copy_compression(c, comp, None, of, cols)
         finally:
             store.close()
         for suffix in ("-wal", "-shm"):
@@ -192,6 +183,26 @@ def merge_databases(out: str | os.PathLike, inputs: list[str | os.PathLike]) -> 
         raise
     missing = sum(1 for _, r in order if r["run_dir"] and not Path(r["run_dir"]).is_dir())
     return MergeResult(out, len(order), total - len(order), {str(p): len(t["runs"]) for p, t in data}, missing)
+
+
+#: Child tables and the column naming their parent row.
+_CHILDREN = (("epochs", "run_id"), ("ranks", "run_id"), ("compressions", "run_id"),
+             ("compression_points", "compression_id"))
+
+
+def _grouped(rows: list[dict[str, Any]], key: str) -> dict[Any, list[dict[str, Any]]]:
+    out: dict[Any, list[dict[str, Any]]] = {}
+    for r in rows:
+        out.setdefault(r[key], []).append(r)
+    return out
+
+
+def _copy_compression(c: Any, comp: dict[str, Any], run_id: int | None,
+                      of: dict[tuple[str, str], dict[Any, list[dict[str, Any]]]], cols: dict[str, list[str]]) -> None:
+    """Insert compression job ``comp`` (under ``run_id``) and its points."""
+    cid = _insert(c, "compressions", {**{k: v for k, v in comp.items() if k != "id"}, "run_id": run_id}, cols)
+    for pt in of["compression_points", "compression_id"].get(comp["id"], []):
+        _insert(c, "compression_points", {**pt, "compression_id": cid}, cols)
 
 
 def _insert(c: Any, table: str, row: dict[str, Any], cols: dict[str, list[str]]) -> int:
