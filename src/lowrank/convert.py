@@ -420,12 +420,8 @@ def merge(model: nn.Module, inplace: bool = False) -> nn.Module:
     The result has the dense model's state_dict keys and shapes (``fc0.weight``,
     never ``fc0.base.weight``; ``attn.in_proj_weight``, never ``attn.q_proj.U``).
     """
-    if is_lowrank(model):
-        dense = model.to_dense()
-        cls = getattr(model, "_lowrank_conv1d", None)
-        return dense if cls is None else linear_as_conv1d(dense, cls)
-    if isinstance(model, LowRankMultiheadAttention):
-        return model.to_mha()
+    if is_lowrank(model) or isinstance(model, LowRankMultiheadAttention):
+        return _merged(model)
     if not inplace:
         model = copy.deepcopy(model)
     for name in [n for n, m in model.named_modules() if is_lowrank(m) or isinstance(m, LowRankMultiheadAttention)]:
@@ -434,18 +430,23 @@ def merge(model: nn.Module, inplace: bool = False) -> nn.Module:
             mod = model.get_submodule(name)
         except AttributeError:
             continue
-        if is_lowrank(mod):
-            dense = mod.to_dense()
-            if getattr(mod, "_lowrank_conv1d", None) is not None:
-                dense = linear_as_conv1d(dense, mod._lowrank_conv1d)
-        elif isinstance(mod, LowRankMultiheadAttention):
-            dense = mod.to_mha()   # reads each projection's dense weight, low-rank or not
-        else:
-            continue
+        if not (is_lowrank(mod) or isinstance(mod, LowRankMultiheadAttention)):
+            continue   # e.g. the out_proj of an attention module merged just before
+        dense = _merged(mod)
         dense.train(mod.training)
         _set_module(model, name, dense)
     _sync_transformer_encoders(model)
     return model
+
+
+def _merged(mod: nn.Module) -> nn.Module:
+    """The dense module of a low-rank layer (a GPT-2 ``Conv1D`` again if it was one) or of a
+    :class:`LowRankMultiheadAttention` (``to_mha`` reads each projection's dense weight)."""
+    if isinstance(mod, LowRankMultiheadAttention):
+        return mod.to_mha()
+    dense = mod.to_dense()
+    cls = getattr(mod, "_lowrank_conv1d", None)
+    return dense if cls is None else linear_as_conv1d(dense, cls)
 
 
 # ---------------------------------------------------------------------------- inspection
