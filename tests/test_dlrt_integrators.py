@@ -110,12 +110,29 @@ def reference_step(model: nn.Sequential, x, y, integrator: str, adaptive: bool, 
     return W1, b0 - LR * gb, W2 - LR * gW2, b2 - LR * gb2
 
 
+def turn_bases_from(monkeypatch, rank: int) -> None:
+    """Make the power and KLS steps take turned bases from ``rank`` on (the tests' layers are
+    far below :data:`~lowrank.methods.dlrt.basis.TURNED_MIN_RANK`)."""
+    from lowrank.methods.dlrt import kls, power
+
+    monkeypatch.setattr(power, "TURNED_MIN_RANK", rank)
+    monkeypatch.setattr(kls, "TURNED_MIN_RANK", rank)
+
+
+@pytest.fixture(params=["qr", "turned"])
+def bases(request, monkeypatch) -> str:
+    """Both ways the steps find their bases: by QR (small ranks) and turned (no QR)."""
+    if request.param == "turned":
+        turn_bases_from(monkeypatch, 1)
+    return request.param
+
+
 @pytest.mark.parametrize("integrator", ["kls", "parallel"])
 @pytest.mark.parametrize("adaptive", [False, True])
 @pytest.mark.parametrize("shape", [(7, 6, 2), (9, 5, 3)])  # (9, 5, 3): 2r > n, augmentation is capped
 @pytest.mark.parametrize("truncation", ["svd", "power"])
 def test_one_sgd_step_matches_formulas(integrator: str, adaptive: bool, shape: tuple[int, int, int],
-                                       truncation: str) -> None:
+                                       truncation: str, bases: str) -> None:
     m, n, r = shape
     model = tiny_model(m, n, r)
     x, y = batch(m)
@@ -133,7 +150,7 @@ def test_one_sgd_step_matches_formulas(integrator: str, adaptive: bool, shape: t
 
 @pytest.mark.parametrize("integrator", ["kls", "parallel"])
 @pytest.mark.parametrize("adaptive", [False, True])
-def test_l2_penalty_reaches_k_and_l(integrator: str, adaptive: bool) -> None:
+def test_l2_penalty_reaches_k_and_l(integrator: str, adaptive: bool, bases: str) -> None:
     model = tiny_model()
     x, y = batch()
     expected = reference_step(model, x, y, integrator, adaptive, l2=0.01, truncation="power")
@@ -146,7 +163,7 @@ def test_l2_penalty_reaches_k_and_l(integrator: str, adaptive: bool) -> None:
 
 @pytest.mark.parametrize("integrator", ["kls", "parallel"])
 @pytest.mark.parametrize("optimizer", ["sgd", "adam", "adamw"])
-def test_fixed_rank_steps_keep_bases_orthonormal_float32(integrator: str, optimizer: str) -> None:
+def test_fixed_rank_steps_keep_bases_orthonormal_float32(integrator: str, optimizer: str, bases: str) -> None:
     torch.manual_seed(0)
     model = nn.Sequential(DLRTLinear(40, 30, 5), nn.ReLU(), nn.Linear(30, 4))
     x, y = torch.randn(64, 40), torch.randint(0, 4, (64,))
@@ -159,28 +176,33 @@ def test_fixed_rank_steps_keep_bases_orthonormal_float32(integrator: str, optimi
         assert orthonormality_error(layer.U) <= 1e-5 and orthonormality_error(layer.V) <= 1e-5
 
 
-def test_fixed_rank_power_step_keeps_coordinates() -> None:
+def test_fixed_rank_power_step_keeps_coordinates(monkeypatch) -> None:
     """The fixed-rank parallel power step takes the core's SVD only every ``diagonalize_every``
-    steps: in between its core stays upper triangular and its bases move by the step's own
-    size (a QR without the QL on ``X`` would leave a lower triangular core and turn them)."""
+    steps. In between the bases move out of the old subspaces by the step's own size and do not
+    turn within them: ``U0^T U1 = R_U^{-1}`` is upper triangular and ``I`` to second order
+    (a QR of ``Y`` would turn them by ``O(step)`` unless ``S1`` were triangular)."""
+    turn_bases_from(monkeypatch, 1)
     torch.manual_seed(0)
     model = nn.Sequential(DLRTLinear(40, 30, 6), nn.ReLU(), nn.Linear(30, 4))
     x, y = torch.randn(64, 40), torch.randint(0, 4, (64,))
     stepper = make_dlrt_stepper(model, OptimConfig(optimizer="adam", lr=1e-3), integrator="parallel", diagonalize_every=7)
-    layer = model[0]
+    layer, eye = model[0], torch.eye(6)
     for step in range(20):
         U0, V0 = layer.U.detach().clone(), layer.V.detach().clone()
         stepper.step(x, y, F.cross_entropy)
         S = layer.S.detach()
-        assert torch.tril(S, -1).abs().max() == 0 and bool((torch.diagonal(S) > 0).all())
-        assert (torch.triu(S, 1).abs().max() == 0) == (step % 7 == 0)      # diagonal after an SVD step only
-        # Each step's motion is O(lr): far below the O(1) of a permutation or sign flip
-        # (an SVD step may turn the bases within the subspace: equal singular values at init).
-        assert step % 7 == 0 or (layer.U.detach() - U0).abs().max() < 0.05 and (layer.V.detach() - V0).abs().max() < 0.05
+        assert ((S - torch.diag(torch.diagonal(S))).abs().max() == 0) == (step % 7 == 0)   # diagonal after an SVD step only
+        if step % 7:
+            # Each step's motion is O(lr) = 1e-3 (an SVD step may turn the bases within the
+            # subspace: equal singular values at init); within the subspace only O(lr^2).
+            for B0, B1 in ((U0, layer.U.detach()), (V0, layer.V.detach())):
+                C = B0.T @ B1
+                assert 1e-4 < (B1 - B0).abs().max() < 0.05
+                assert (C - eye).abs().max() < 1e-4 and torch.tril(C, -1).abs().max() < 1e-6
 
 
 @pytest.mark.parametrize("adaptive", [False, True])
-def test_aligned_steps_keep_state_turning_steps_project_it(monkeypatch, adaptive: bool) -> None:
+def test_aligned_steps_keep_state_turning_steps_project_it(monkeypatch, adaptive: bool, bases: str) -> None:
     """Aligned steps (no SVD, rank unchanged) keep the optimizer state as it is and move the bases
     by the step's own size; a step that diagonalizes the core (every ``diagonalize_every``-th,
     or a rank-adaptive step whose rule changes the rank) turns the bases and must project the
@@ -269,30 +291,50 @@ def test_cholesky_ql2_matches_householder_on_reversed_columns() -> None:
     assert ql_positive(a)[0].equal(q)        # ql_positive takes this path at this shape
 
 
-def test_power_step_at_cholesky_shapes_equals_float64_formulas() -> None:
-    """At the shapes where the power step takes CholeskyQR2 (and ``C = S1 R_Y^{-1}`` instead of
-    ``U0^T Q_Y``), its bases and core equal the float64 evaluation of the module's formulas."""
-    from lowrank.methods.dlrt.power import parallel_power_step
+@pytest.mark.parametrize("move", [1e-3, 1e-2])
+def test_power_step_equals_float64_formulas(move: float) -> None:
+    """The power step's weights ``W1 = Q_Y core Q_X^T`` equal the float64 projection of ``W^`` onto
+    ``range(W^ V0)``, by turned bases (no QR) for a small move and by QRs (CholeskyQR2 at these
+    shapes, ``C = S1 R_Y^{-1}``) for one whose turn exceeds ``MAX_TURN_SQ``; the QR path also
+    gives the float64 QR / QL bases and core themselves. The float64 reference knows no turn."""
+    from lowrank.methods.dlrt.basis import MAX_TURN_SQ
+    from lowrank.methods.dlrt.power import parallel_power_step, qr_power_step
 
     g = torch.Generator().manual_seed(0)
     n, m, r = CHOLESKY_QR_MIN_ROWS, CHOLESKY_QR_MIN_ROWS + 100, CHOLESKY_QR_MIN_COLS
     U0 = torch.linalg.qr(torch.randn(n, r, generator=g, dtype=F64))[0]
     V0 = torch.linalg.qr(torch.randn(m, r, generator=g, dtype=F64))[0]
-    S1 = torch.triu(torch.randn(r, r, generator=g, dtype=F64)) + torch.diag(torch.logspace(1, -1, r, dtype=F64))
-    K1 = U0 @ S1 + 1e-2 * torch.randn(n, r, generator=g, dtype=F64)
-    L1 = V0 @ S1.T + 1e-2 * torch.randn(m, r, generator=g, dtype=F64)
-    W = U0 @ S1 @ V0.T + (K1 - U0 @ (U0.T @ K1)) @ V0.T + U0 @ (L1 - V0 @ (V0.T @ L1)).T   # W^ densely
+    S1 = torch.randn(r, r, generator=g, dtype=F64) * 0.1 + torch.diag(torch.logspace(1, -1, r, dtype=F64))
+    dK = U0 @ torch.randn(r, r, generator=g, dtype=F64) * move + move * torch.randn(n, r, generator=g, dtype=F64)
+    dL = V0 @ torch.randn(r, r, generator=g, dtype=F64) * move + move * torch.randn(m, r, generator=g, dtype=F64)
+    Zk, Zl = dK - U0 @ (U0.T @ dK), dL - V0 @ (V0.T @ dL)
+    W = U0 @ S1 @ V0.T + Zk @ V0.T + U0 @ Zl.T              # W^ densely
     q, rr = torch.linalg.qr(W @ V0)
     Qy = q * torch.sign(torch.diagonal(rr))
+    W1 = Qy @ (Qy.T @ W)                                    # the power truncation at rank r
+    turn = float((dK @ torch.linalg.inv(S1)).square().sum())
+    assert (turn <= MAX_TURN_SQ) == (move < 5e-3)           # the two cases take the two paths
+    inputs = [t.float() for t in (U0, V0, S1, dK, dL)]
+    st = parallel_power_step(*inputs)
+    scale = float(W.abs().max())
+    torch.testing.assert_close((st.left @ st.core @ st.right.T).double(), W1, atol=1e-5 * scale, rtol=0)
+    assert orthonormality_error(st.left.double()) < 1e-5 and orthonormality_error(st.right.double()) < 1e-5
+    torch.testing.assert_close(st.left_overlap.double(), U0.T @ st.left.double(), atol=1e-5, rtol=0)
+    torch.testing.assert_close(st.right_overlap.double(), V0.T @ st.right.double(), atol=1e-5, rtol=0)
+    assert st.total_sq == pytest.approx(float(W.square().sum()), rel=1e-5)
+    assert st.outside_sq == pytest.approx(float((W - W1).square().sum()), rel=1e-2, abs=1e-6 * st.total_sq)
+    triangular = bool(torch.tril(st.core, -1).abs().max() == 0)
+    assert triangular == (turn > MAX_TURN_SQ)               # the QR path leaves L_X^T, the turned one not
+    if turn <= MAX_TURN_SQ:                                 # turned bases: U0^T Q_Y = R_U^{-1} = I + O(turn)
+        assert 0 < (st.left_overlap - torch.eye(r)).abs().max() < turn
+        st = qr_power_step(*inputs)
     q, rr = torch.linalg.qr((W.T @ Qy).flip(-1))
     sign = torch.sign(torch.diagonal(rr))
     Qx, Lx = (q * sign).flip(-1), (rr * sign[:, None]).flip(-2, -1)
-    st = parallel_power_step(*(t.float() for t in (U0, V0, S1, K1, L1)))
     torch.testing.assert_close(st.left.double(), Qy, atol=1e-4, rtol=0)
     torch.testing.assert_close(st.right.double(), Qx, atol=1e-4, rtol=0)
     torch.testing.assert_close(st.core.double(), Lx.T, atol=1e-4 * float(Lx.abs().max()), rtol=0)
     torch.testing.assert_close(st.left_overlap.double(), U0.T @ Qy, atol=1e-4, rtol=0)
-    assert st.total_sq == pytest.approx(float(W.square().sum()), rel=1e-5)
 
 
 @pytest.mark.parametrize("integrator", ["kls", "parallel"])

@@ -20,13 +20,29 @@ over the same way instead of resetting it:
 Shapes follow ``A (r1, r0)`` and ``B (r0', r1')``; a rank change resizes the state.
 Resetting instead would restart Adam's bias correction on every step of an
 integrator that changes bases each step, i.e. turn Adam into sign-SGD.
+
+:func:`steps_are_shift_free` tells whether an optimizer's step of a parameter depends on the
+parameter's value at all (it does not for the common rules without weight decay).
 """
 
 from __future__ import annotations
 
 import torch
 
-__all__ = ["transform_state", "fill_augmented_state", "SECOND_MOMENTS"]
+__all__ = ["transform_state", "fill_augmented_state", "SECOND_MOMENTS", "SHIFT_FREE", "steps_are_shift_free"]
+
+#: torch optimizers whose step ``p1 - p0`` depends on the gradients and the state only, never on
+#: ``p0``, when every group's ``weight_decay`` is 0 (weight decay is their only use of ``p0``).
+SHIFT_FREE: tuple[type[torch.optim.Optimizer], ...] = (
+    torch.optim.SGD, torch.optim.Adam, torch.optim.AdamW, torch.optim.RMSprop, torch.optim.Adagrad,
+    torch.optim.Adamax, torch.optim.NAdam, torch.optim.RAdam)
+
+
+def steps_are_shift_free(optimizer: torch.optim.Optimizer) -> bool:
+    """Is ``optimizer``'s step of every parameter independent of the parameter's value? (then a step
+    from 0 gives the move a step from anywhere would). Only the :data:`SHIFT_FREE` classes
+    themselves (not subclasses, which may step differently), with no weight decay."""
+    return type(optimizer) in SHIFT_FREE and all(not g.get("weight_decay") for g in optimizer.param_groups)
 
 #: State entries that hold second moments (non-negative, transformed by squared maps).
 SECOND_MOMENTS = frozenset({"exp_avg_sq", "max_exp_avg_sq", "square_avg", "sum"})

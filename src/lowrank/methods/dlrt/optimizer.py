@@ -62,7 +62,7 @@ from torch import nn
 
 from ...errors import CheckpointError, ConfigError
 from .layer import DLRTLayer, attach
-from .optim_state import transform_state
+from .optim_state import steps_are_shift_free, transform_state
 from .parallel import rotate_basis
 from .phase_clock import PhaseClock
 from .truncation import TRUNCATIONS
@@ -230,10 +230,8 @@ class DLRT(torch.optim.Optimizer):
         self._all_params = params + self.rest
         self.clock = PhaseClock(("fwd_bwd", "linalg", "optim"), cuda=any(p.is_cuda for p in self._all_params))
         # Per layer: S's diagonal when S is known to be diagonal (after a truncation), else None;
-        # V S^T when the step that set the factors formed it already (an aligned power step), else
-        # None; and the K-, L-steps' starting values U0 S0, V0 S0^T of the current step.
+        # and the K-, L-steps' starting values U0 S0, V0 S0^T of the current step when kept.
         self._sigma: list[torch.Tensor | None] = [None] * len(self.layers)
-        self._VSt: list[torch.Tensor | None] = [None] * len(self.layers)
         self._KL0: list[tuple[torch.Tensor, torch.Tensor] | None] = [None] * len(self.layers)
         self._adaptive = bool(adaptive)
         for layer, k, lp in zip(self.layers, self.K, self.L):
@@ -250,6 +248,13 @@ class DLRT(torch.optim.Optimizer):
     @abstractmethod
     def _augments(self) -> bool:
         """Does a step hold the augmented ``2r`` bases? (for :meth:`DLRTLinear.training_params`)"""
+
+    @property
+    def _reads_moves(self) -> bool:
+        """Does the step read the K- and L-steps' moves ``K1 - U0 S0`` (:meth:`_moves`) rather than
+        ``K1``? Then a rule whose step does not depend on the starting point
+        (:func:`steps_are_shift_free`) starts ``K``, ``L`` from 0."""
+        return False
 
     @property
     def _keep_KL0(self) -> bool:
@@ -400,20 +405,30 @@ class DLRT(torch.optim.Optimizer):
             dpen = layer.S.grad - layer.grad_S_task          # (r, r): penalty gradient in S
             gk = torch.addmm(gk, U0, dpen)                   # + U0 dP/dS
             gl = torch.addmm(gl, V0, dpen.T)                 # + V0 (dP/dS)^T
-        sigma, VSt = self._sigma[i], self._VSt[i]
-        if sigma is not None:                                # S0 = diag(sigma) after a truncation
-            K0, L0 = U0 * sigma, V0 * sigma                  # (n, r), (m, r): no matrix product
+        if self._reads_moves and steps_are_shift_free(self.inner):
+            # The step leaves its move in K, L when started from 0: no U0 S0, V0 S0^T to form.
+            K.data, L.data = torch.zeros_like(U0), torch.zeros_like(V0)
+            self._KL0[i] = None
         else:
-            K0, L0 = U0 @ S0, (V0 @ S0.T if VSt is None else VSt)
-        self._VSt[i] = None                                  # the optimizer may step it in place
-        if self._keep_KL0:                                   # kept: the optimizer steps K, L in place
-            self._KL0[i] = (K0, L0)
-            K0, L0 = K0.clone(), L0.clone()
-        K.data = K0
-        L.data = L0
+            sigma = self._sigma[i]
+            if sigma is not None:                            # S0 = diag(sigma) after a truncation
+                K0, L0 = U0 * sigma, V0 * sigma              # (n, r), (m, r): no matrix product
+            else:
+                K0, L0 = U0 @ S0, V0 @ S0.T
+            if self._keep_KL0 or self._reads_moves:          # kept: the optimizer steps K, L in place
+                self._KL0[i] = (K0, L0)
+                K0, L0 = K0.clone(), L0.clone()
+            K.data = K0
+            L.data = L0
         K.grad, L.grad = gk, gl
         layer.grad_S_task = None
         return True
+
+    def _moves(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Layer ``i``'s K- and L-steps' moves ``dK = K1 - U0 S0`` (n, r), ``dL = L1 - V0 S0^T`` (m, r),
+        after the inner optimizer's step (for integrators that :attr:`_reads_moves`)."""
+        K, L, start = self.K[i].data, self.L[i].data, self._KL0[i]
+        return (K, L) if start is None else (K - start[0], L - start[1])
 
     def _set_all_kl_grads(self) -> list[bool]:
         """:meth:`_set_kl_grads` for every layer: which layers the captured pass used."""
@@ -438,10 +453,10 @@ class DLRT(torch.optim.Optimizer):
         transform_state(opt, self.L[i], None, LB)
 
     def _set_factors(self, i: int, U: torch.Tensor, S: torch.Tensor, V: torch.Tensor, *,
-                     sigma: torch.Tensor | None = None, VSt: torch.Tensor | None = None) -> None:
-        """Layer ``i``'s new factors, with what is known of them: ``S = diag(sigma)``, ``V S^T = VSt``."""
+                     sigma: torch.Tensor | None = None) -> None:
+        """Layer ``i``'s new factors, with what is known of them: ``S = diag(sigma)``."""
         self.layers[i].set_factors(U, S, V)
-        self._sigma[i], self._VSt[i] = sigma, VSt
+        self._sigma[i] = sigma
 
     def _set_truncated(self, i: int, U0: torch.Tensor, Ut: Any, P: torch.Tensor, sigma: torch.Tensor,
                        V0: torch.Tensor, Vt: Any, Q: torch.Tensor) -> None:
@@ -455,7 +470,6 @@ class DLRT(torch.optim.Optimizer):
         for layer in self.layers:
             layer.reorthonormalize()
         self._sigma = [None] * len(self.layers)
-        self._VSt = [None] * len(self.layers)
 
     # ------------------------------------------------------------------ ranks & epochs
 
@@ -497,13 +511,11 @@ class DLRT(torch.optim.Optimizer):
     def state_dict(self) -> dict[str, Any]:  # type: ignore[override]
         """The inner optimizer's state (``"optimizer"``), the step count, the settings and ranks.
 
-        ``"VSt"``: the next step starts its L-step from it; recomputing ``V S^T`` instead would
-        round differently, and a resumed run would no longer repeat the uninterrupted one bit
-        for bit. The model's factors are not included: save the model (its state_dict and
+        The model's factors are not included: save the model (its state_dict and
         ``lowrank.convert.structure(model)``) next to this.
         """
         return {"optimizer": self.inner.state_dict(), "steps": self.steps, "adaptive": self.adaptive,
-                "rank_lo": list(self._rank_lo), "rank_hi": list(self._rank_hi), "VSt": list(self._VSt),
+                "rank_lo": list(self._rank_lo), "rank_hi": list(self._rank_hi),
                 "exact_fallbacks": self.exact_fallbacks, "integrator": self.integrator,
                 "settings": {"tau": self.tau, "tau_absolute": self.tau_absolute, "truncation": self.truncation,
                              "reorth_every": self.reorth_every, "diagonalize_every": self.diagonalize_every,
@@ -534,8 +546,6 @@ class DLRT(torch.optim.Optimizer):
                        "lift_penalties"):
                 setattr(self, key, value)
         self._sigma = [None] * len(self.layers)
-        vst = state.get("VSt")
-        self._VSt = list(vst) if vst is not None and len(vst) == len(self.layers) else [None] * len(self.layers)
         self.steps = int(state["steps"])
         self.adaptive = bool(state.get("adaptive", self.adaptive))
         self._rank_lo = [int(v) for v in state.get("rank_lo", self._rank_lo)]

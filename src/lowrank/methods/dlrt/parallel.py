@@ -10,14 +10,15 @@ From one backward pass at ``W0 = U0 S0 V0^T`` the optimizer takes
 
 and ``W^ = U^ S^ V^^T`` is truncated (:mod:`.truncation`); a fixed-rank run truncates
 back to ``r``. ``U~^T K1`` and ``V~^T L1`` are the ``R`` factors :func:`augment_basis`
-returns, so no extra products are needed.
+returns, so no extra products are needed. The step reads ``K1`` and ``L1`` only through their moves
+``dK = K1 - U0 S0``, ``dL = L1 - V0 S0^T`` (``U~^T K1 = U~^T dK``).
 """
 
 from __future__ import annotations
 
 import torch
 
-from .basis import augment_parts
+from .basis import augment_parts, augment_step_parts
 
 __all__ = ["parallel_core", "parallel_augment", "rotate_basis"]
 
@@ -33,18 +34,16 @@ def parallel_core(S1: torch.Tensor, R_U: torch.Tensor, R_V: torch.Tensor) -> tor
     return Sh
 
 
-def parallel_augment(U0: torch.Tensor, V0: torch.Tensor, S1: torch.Tensor, K1: torch.Tensor,
-                     L1: torch.Tensor, K0: torch.Tensor | None = None, L0: torch.Tensor | None = None
+def parallel_augment(U0: torch.Tensor, V0: torch.Tensor, S1: torch.Tensor, dK: torch.Tensor, dL: torch.Tensor
                      ) -> tuple[tuple[torch.Tensor, torch.Tensor | None], tuple[torch.Tensor, torch.Tensor | None],
                                 torch.Tensor]:
     """The new directions ``U~ = Q_U - U0 D_U`` (n, kU), ``V~ = Q_V - V0 D_V`` (m, kV) as
-    ``(Q, D)`` pairs (see :func:`augment_parts`; ``D`` may be None) and the core ``S^ (r + kU, r + kV)``.
-
-    ``K0 = U0 S0``, ``L0 = V0 S0^T`` (the steps' starting values), when given, make the
-    basis augmentation cheaper and more accurate.
+    ``(Q, D)`` pairs (see :func:`augment_parts`; ``D`` may be None) and the core ``S^ (r + kU, r + kV)``,
+    from the K- and L-steps' moves ``dK = K1 - U0 S0`` (n, r), ``dL = L1 - V0 S0^T`` (m, r):
+    ``(I - U0 U0^T) K1 = (I - U0 U0^T) dK`` and ``U~^T K1 = U~^T dK`` (:func:`augment_step_parts`).
     """
-    Qu, Du, R_U = augment_parts(U0, K1, K0)
-    Qv, Dv, R_V = augment_parts(V0, L1, L0)
+    Qu, Du, R_U = augment_step_parts(U0, dK)
+    Qv, Dv, R_V = augment_step_parts(V0, dL)
     return (Qu, Du), (Qv, Dv), parallel_core(S1, R_U, R_V)
 
 

@@ -17,31 +17,42 @@ the kept ones, as they are in training. The energy the step leaves out is known 
 ``||W^||_F^2 - ||L_X||_F^2``: a rank-adaptive step whose tolerance that energy already
 exceeds wants a higher rank and falls back to the exact SVD (:func:`needs_exact`).
 
-For the parallel integrator ``W^`` is never formed, nor are the augmented bases: with
-``A = U0^T K1``, ``B = V0^T L1`` and the projected steps ``Z_K = K1 - U0 A`` (n, r),
-``Z_L = L1 - V0 B`` (m, r),
+For the parallel integrator ``W^`` is never formed, nor are the augmented bases. The
+optimizer gives the steps' moves ``dK = K1 - K0``, ``dL = L1 - L0`` (``K0 = U0 S0``,
+``L0 = V0 S0^T``); only their parts outside the bases matter, ``Z_K = dK - U0 A`` (n, r),
+``Z_L = dL - V0 B`` (m, r) with ``A = U0^T dK``, ``B = V0^T dL``:
 
     W^ = U0 S1 V0^T + Z_K V0^T + U0 Z_L^T           (the three terms Frobenius-orthogonal)
-    Y  = W^ V0   = K1 + U0 (S1 - A)                 = Q_Y R_Y
-    X  = W^^T Q_Y = V0 Y^T Q_Y + Z_L C = V0 (R_Y^T - B C) + L1 C,   C = U0^T Q_Y
-    ||W^||_F^2 = ||S1||^2 + ||K1||^2 - ||A||^2 + ||L1||^2 - ||B||^2
+    Y  = W^ V0   = U0 S1 + Z_K = (U0 + Z_K N) S1,   N = S1^{-1}
+    X  = W^^T Q_Y = V0 M^T + Z_L C,                 Y = Q_Y M,  C = U0^T Q_Y
+    ||W^||_F^2 = ||S1||^2 + ||Z_K||^2 + ||Z_L||^2,  ||Z_K||^2 = ||dK||^2 - ||A||^2
 
-so a step costs two ``(n, r)`` / ``(m, r)`` QRs and six ``(n, r) x (r, r)`` products, or
-five: ``U0^T Y = A + S1 - A = S1``, so ``C = S1 R_Y^{-1}``, an ``r x r`` triangular solve.
-That is taken when ``R_Y`` is known to be well conditioned (CholeskyQR2 succeeded on ``Y``);
-an error ``dC`` of the solve reaches ``X`` only as ``Z_L dC`` (the ``V0 B C`` and ``L1 C``
-terms cancel but for ``Z_L C``), a rounding error times the step's own size.
-For SGD, ``S1 = A`` and ``Q_Y = orth(K1)``: the left basis is the KLS one.
+No QR is needed for ``Q_Y``: ``U0 + Z_K N`` has the Gram matrix ``I + (Z_K N)^T (Z_K N)``
+(``Z_K`` is orthogonal to ``U0``), and its Cholesky factor ``R_U`` gives ``Q_Y = (U0 + Z_K N)
+R_U^{-1}`` (:func:`~.basis.turned_basis`), ``C = R_U^{-1}``, ``M = R_U S1``. The same for ``X =
+(V0 + Z_L H) M^T`` with ``H = C M^{-T} = R_U^{-1} R_U^{-T} N^T``: ``Q_X = (V0 + Z_L H) R_V^{-1}``.
+The core, the projection of ``W^`` onto the two bases, is ``r x r``: with ``G_K = Z_K^T Z_K``,
+``G_L = Z_L^T Z_L`` (``G_K N = S1^T (R_U^T R_U - I)``, ``G_L H = H^{-T} (R_V^T R_V - I)``),
 
-Coordinates. ``Y`` is factored as ``Q_Y R_Y`` (QR) and ``X`` as ``Q_X L_X`` (QL: ``L_X``
-lower triangular), both with positive diagonals, so the core ``Q_Y^T W^ Q_X = L_X^T`` is
-upper triangular. When ``S1`` is upper triangular, ``Y ~= U0 S1`` gives ``Q_Y ~= U0`` and
-``X ~= V0 S1^T`` gives ``Q_X ~= V0``: the new bases differ from the old ones only by the
-step's own motion, and the next step meets a triangular core again. A fixed-rank step
-therefore needs no SVD for its weights: ``W1 = Q_Y L_X^T Q_X^T`` is the rank-``r``
-truncation (the SVD of the core would only rotate inside the kept subspaces, giving the
-same ``W1``). The SVD still matters to Adam, whose per-coordinate scaling works better
-on singular directions: the stepper takes it every few steps (``diagonalize_every``).
+    Q_Y^T W^ Q_X = R_U^{-T} (S1 + N^T G_K + G_L H) R_V^{-1} = R_U S1 R_V^T
+
+``Z_K`` and ``Z_L`` are never formed: a step costs eight ``(n, r) x (r, r)`` products (``A``,
+``dK^T dK`` and two for ``Q_Y = U0 (I - A N) R_U^{-1} + dK N R_U^{-1}``; the same for the right
+side) and ``r x r`` work, where a QR alone costs more than three such products. The bases are
+orthonormal for any ``N`` (an inaccurate inverse moves the subspaces by a rounding-size
+angle, as rounding ``Y`` would), to ``eps (1 + ||dK N||^2)``: a step whose turn ``||dK N||_F^2``
+or ``||dL H||_F^2`` exceeds :data:`~.basis.MAX_TURN_SQ`, or whose ``S1`` is singular, factors
+``Y`` and ``X`` by QR instead (``Q_Y R_Y = Y``, ``X = Q_X L_X``, the core ``L_X^T``;
+:func:`qr_power_step`). For SGD, ``S1 = S0 + A`` and ``range(Y) = range(K1)``: the left basis
+spans the KLS one.
+
+Coordinates. ``C = U0^T Q_Y = R_U^{-1} = I + O(||Z_K N||^2)``: the new bases differ from the
+old ones by the step's own motion, out of the old subspaces, and do not turn within them; the
+next step starts from them. A fixed-rank step needs no SVD for its weights: ``W1 = Q_Y core
+Q_X^T`` is the rank-``r`` truncation (the SVD of the core would only rotate inside the kept
+subspaces, giving the same ``W1``). The SVD still matters to Adam, whose per-coordinate
+scaling works better on singular directions: the stepper takes it every few steps
+(``diagonalize_every``).
 """
 
 from __future__ import annotations
@@ -51,9 +62,10 @@ from typing import NamedTuple
 import torch
 
 from ...linalg import cholesky_qr2, householder_qr_positive, ql_positive, takes_cholesky_qr
+from .basis import MAX_TURN_SQ, TURNED_MIN_RANK, turned_basis
 from .truncation import tolerance_sq
 
-__all__ = ["PowerStep", "parallel_power_step", "core_power_step", "needs_exact"]
+__all__ = ["PowerStep", "parallel_power_step", "qr_power_step", "core_power_step", "needs_exact"]
 
 
 class PowerStep(NamedTuple):
@@ -61,10 +73,9 @@ class PowerStep(NamedTuple):
 
     ``left (a, r)``, ``right (b, r)`` orthonormal; ``core (r, r)``; ``total_sq = ||W^||_F^2``;
     ``outside_sq = total_sq - ||core||_F^2``, the energy not captured (>= 0, up to rounding);
-    both 0.0 when not asked for (a fixed-rank step needs neither).
-    ``left_overlap = U0^T left`` (r, r) and ``right_core = right @ core^T`` (b, r), the product the
-    power step formed on its way (``X = W^^T Q_Y``), when the old bases are explicit (parallel
-    step), else None.
+    both 0.0 when not asked for (a fixed-rank step needs neither). ``left_overlap = U0^T left``
+    and ``right_overlap = V0^T right`` (r, r) when the old bases are explicit (parallel step),
+    else None.
     """
 
     left: torch.Tensor
@@ -73,7 +84,7 @@ class PowerStep(NamedTuple):
     total_sq: float
     outside_sq: float
     left_overlap: torch.Tensor | None = None
-    right_core: torch.Tensor | None = None
+    right_overlap: torch.Tensor | None = None
 
 
 def _energies(total: torch.Tensor | None, core: torch.Tensor) -> tuple[float, float]:
@@ -84,17 +95,49 @@ def _energies(total: torch.Tensor | None, core: torch.Tensor) -> tuple[float, fl
     return pair[0], max(pair[0] - pair[1], 0.0)
 
 
-def parallel_power_step(U0: torch.Tensor, V0: torch.Tensor, S1: torch.Tensor, K1: torch.Tensor,
-                        L1: torch.Tensor, energies: bool = True) -> PowerStep:
+def parallel_power_step(U0: torch.Tensor, V0: torch.Tensor, S1: torch.Tensor, dK: torch.Tensor,
+                        dL: torch.Tensor, energies: bool = True) -> PowerStep:
     """The parallel integrator's augmented weights ``W^`` (see the module docstring) reduced by one
-    block power step from ``V0``: ``U0 (n, r)``, ``V0 (m, r)`` orthonormal; ``S1 (r, r)``,
-    ``K1 (n, r)``, ``L1 (m, r)`` the optimizer's results. The core is upper triangular
-    (``L_X^T``). Also returns ``U0^T left`` and ``X = right @ core^T``.
-    ``energies``: compute ``total_sq`` and ``outside_sq`` (one host sync).
+    block power step from ``V0``, by turned bases (no QR): ``U0 (n, r)``, ``V0 (m, r)``
+    orthonormal; ``S1 (r, r)`` the S-step's result; ``dK (n, r)``, ``dL (m, r)`` the K- and
+    L-steps' moves. Falls back to :func:`qr_power_step` when a turn is too large or ``S1`` is
+    singular, and takes it below :data:`~.basis.TURNED_MIN_RANK`. ``energies``: compute ``total_sq`` and ``outside_sq``. One host sync.
     """
-    A = U0.T @ K1                                          # (r, r)
-    B = V0.T @ L1                                          # (r, r)
-    Y = torch.addmm(K1, U0, S1 - A)                        # (n, r) = W^ V0
+    A, B = U0.T @ dK, V0.T @ dL                            # (r, r) each
+    if S1.shape[0] < TURNED_MIN_RANK:
+        return qr_power_step(U0, V0, S1, dK, dL, energies, A, B)
+    Gk, Gl = dK.T @ dK, dL.T @ dL                          # (r, r) each: Gram matrices of the moves
+    N, info = torch.linalg.inv_ex(S1)                      # (r, r) = S1^{-1}
+    Qy, Ru, Cu, turn_u = turned_basis(U0, dK, A, Gk, N)    # Q_Y (n, r), C = U0^T Q_Y = R_U^{-1}
+    H = Cu @ (Cu.T @ N.T)                                  # (r, r) = C M^{-T}, M = R_U S1
+    Qx, Rv, Cv, turn_v = turned_basis(V0, dL, B, Gl, H)    # Q_X (m, r), V0^T Q_X = R_V^{-1}
+    core = Ru @ S1 @ Rv.T                                  # (r, r) = Q_Y^T W^ Q_X
+    turn = torch.maximum(turn_u, turn_v).masked_fill(info != 0, float("inf"))
+    checks = [turn.double(), core.double().square().sum()]
+    if energies:       # ||Z_K||^2 = ||dK||^2 - ||A||^2, the same for Z_L
+        checks.append(sum(sign * t.double().square().sum() for sign, t in ((1, S1), (-1, A), (-1, B)))
+                      + torch.diagonal(Gk).double().sum() + torch.diagonal(Gl).double().sum())
+    values = torch.stack(checks).tolist()
+    if not values[0] <= MAX_TURN_SQ:                       # also NaN
+        return qr_power_step(U0, V0, S1, dK, dL, energies, A, B)
+    if not energies:
+        return PowerStep(Qy, core, Qx, 0.0, 0.0, Cu, Cv)
+    return PowerStep(Qy, core, Qx, values[2], max(values[2] - values[1], 0.0), Cu, Cv)
+
+
+def qr_power_step(U0: torch.Tensor, V0: torch.Tensor, S1: torch.Tensor, dK: torch.Tensor, dL: torch.Tensor,
+                  energies: bool = True, A: torch.Tensor | None = None, B: torch.Tensor | None = None) -> PowerStep:
+    """:func:`parallel_power_step` with the bases from QRs: ``Y = dK + U0 (S1 - A) = Q_Y R_Y``,
+    ``X = V0 (R_Y^T - B C) + dL C = Q_X L_X`` (QL), core ``L_X^T`` (upper triangular), ``C =
+    U0^T Q_Y``. ``A = U0^T dK``, ``B = V0^T dL`` if already formed.
+
+    ``U0^T Y = S1``, so ``C = S1 R_Y^{-1}``, an ``r x r`` triangular solve, when ``R_Y`` is known
+    to be well conditioned (CholeskyQR2 succeeded on ``Y``); an error ``dC`` of the solve reaches
+    ``X`` only as ``Z_L dC``, a rounding error times the step's own size.
+    """
+    A = U0.T @ dK if A is None else A                      # (r, r)
+    B = V0.T @ dL if B is None else B                      # (r, r)
+    Y = torch.addmm(dK, U0, S1 - A)                        # (n, r) = W^ V0
     qr = cholesky_qr2(Y) if takes_cholesky_qr(Y) else None
     if qr is not None:       # R_Y is well conditioned (Cholesky of Y^T Y succeeded): C = S1 R_Y^{-1}
         Qy, Ry = qr
@@ -102,13 +145,13 @@ def parallel_power_step(U0: torch.Tensor, V0: torch.Tensor, S1: torch.Tensor, K1
     else:
         Qy, Ry = householder_qr_positive(Y)
         C = U0.T @ Qy                                      # (r, r)
-    X = torch.addmm(L1 @ C, V0, torch.addmm(Ry.T, B, C, alpha=-1))  # (m, r) = W^^T Q_Y
+    X = torch.addmm(dL @ C, V0, torch.addmm(Ry.T, B, C, alpha=-1))  # (m, r) = W^^T Q_Y
     Qx, Lx = ql_positive(X)
     total = None
     if energies:
-        total = sum(sign * t.double().square().sum() for sign, t in ((1, S1), (1, K1), (-1, A), (1, L1), (-1, B)))
+        total = sum(sign * t.double().square().sum() for sign, t in ((1, S1), (1, dK), (-1, A), (1, dL), (-1, B)))
     total_sq, outside_sq = _energies(total, Lx)
-    return PowerStep(Qy, Lx.T, Qx, total_sq, outside_sq, C, X)
+    return PowerStep(Qy, Lx.T, Qx, total_sq, outside_sq, C, V0.T @ Qx)
 
 
 def core_power_step(S: torch.Tensor, r0: int) -> PowerStep:
