@@ -19,7 +19,8 @@ from __future__ import annotations
 
 import torch
 
-__all__ = ["augment_basis", "augment_parts", "augment_step_parts", "overlap_tolerance", "turned_basis", "MAX_TURN_SQ", "TURNED_MIN_RANK"]
+__all__ = ["augment_basis", "augment_parts", "augment_step_parts", "overlap_tolerance", "turned_basis", "MAX_TURN_SQ",
+           "TURNED_MIN_RANK"]
 
 
 def overlap_tolerance(dtype: torch.dtype) -> float:

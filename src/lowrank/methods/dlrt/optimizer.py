@@ -96,8 +96,8 @@ class DLRT(torch.optim.Optimizer):
         reorth_every: every this many steps reorthonormalize ``U``, ``V`` by QR (folding the
             triangular factors into ``S``, so ``W`` is unchanged). Every step rotates the
             bases in float32, adding ~3e-8 of random orthonormality error; this bounds the
-            walk over long runs. 0 disables it. Integrators whose bases are fresh QRs every
-            step (the parallel one with the power truncation) need none.
+            walk over long runs (turned bases, :func:`~.basis.turned_basis`, inherit the old
+            bases' error too). 0 disables it.
         diagonalize_every: the parallel integrator's SVD interval (see
             :class:`~.parallel_step.ParallelDLRT`); ignored by KLS.
         clip: if set, clip the gradient norm to this inside :meth:`step`, over the gradients
@@ -263,11 +263,6 @@ class DLRT(torch.optim.Optimizer):
         return False
 
     @property
-    def _fresh_bases(self) -> bool:
-        """Are the bases fresh QRs every step? (then no periodic reorthonormalization is needed)"""
-        return False
-
-    @property
     def _keep_io(self) -> bool:
         """Must the layers keep each use's input and output gradient? (rank-adaptive KLS)"""
         return False
@@ -357,7 +352,7 @@ class DLRT(torch.optim.Optimizer):
         for layer in self.layers:
             layer.clear_capture()
         self.steps += 1
-        if self.reorth_every and not self._fresh_bases and self.steps % self.reorth_every == 0:
+        if self.reorth_every and self.steps % self.reorth_every == 0:
             with torch.no_grad():
                 self._reorthonormalize()
         self._track_ranks()

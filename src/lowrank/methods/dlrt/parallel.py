@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import torch
 
-from .basis import augment_parts, augment_step_parts
+from .basis import augment_step_parts
 
 __all__ = ["parallel_core", "parallel_augment", "rotate_basis"]
 

@@ -101,7 +101,8 @@ def parallel_power_step(U0: torch.Tensor, V0: torch.Tensor, S1: torch.Tensor, dK
     block power step from ``V0``, by turned bases (no QR): ``U0 (n, r)``, ``V0 (m, r)``
     orthonormal; ``S1 (r, r)`` the S-step's result; ``dK (n, r)``, ``dL (m, r)`` the K- and
     L-steps' moves. Falls back to :func:`qr_power_step` when a turn is too large or ``S1`` is
-    singular, and takes it below :data:`~.basis.TURNED_MIN_RANK`. ``energies``: compute ``total_sq`` and ``outside_sq``. One host sync.
+    singular, and takes it below :data:`~.basis.TURNED_MIN_RANK`. ``energies``: compute ``total_sq``
+    and ``outside_sq``. One host sync.
     """
     A, B = U0.T @ dK, V0.T @ dL                            # (r, r) each
     if S1.shape[0] < TURNED_MIN_RANK:
@@ -159,7 +160,7 @@ def core_power_step(S: torch.Tensor, r0: int) -> PowerStep:
     reduced by one block power step from those columns: ``left (a, r0)``, ``right (b, r0)``.
 
     Computed in float64: the caller rotates its bases by ``left``, ``right`` every step, and
-    float32 rounding there would accumulate (the parallel step instead takes fresh QRs).
+    float32 rounding there would accumulate (the parallel step turns its explicit old bases).
     """
     s64 = S.double()
     P, _ = torch.linalg.qr(s64[:, :r0])                    # (a, r0): range of S [I; 0]
