@@ -10,17 +10,28 @@ same shapes in the same interleaved rounds:
     KLS, fixed rank        vanilla step + one more forward/backward pass + the QRs (two passes)
     KLS, adaptive          vanilla step + the QRs + the r x r singular values (one pass)
 
+From rank 32 the fixed-rank parallel step needs no QR at all: its new bases are *turned* from
+the old ones (:func:`lowrank.methods.dlrt.basis.turned_basis`, proved orthonormal and equal to
+the float64 formulas in ``tests/test_dlrt_integrators.py``), so its floor is lowered to
+
+    lowered floor          vanilla step + per layer the eight products a turned step cannot
+                           avoid: U0^T dK, V0^T dL, dK^T dK, dL^T dL and two (n, r) x (r, r)
+                           products per new basis
+
+and both ratios are printed. (Fixed-rank KLS could turn its bases too, but keeps its QRs: the
+turned bases trained a point worse with Adam, see ``kls_step.py``.)
+
 A QR in a floor is timed as the faster of Householder (``torch.linalg.qr`` + sign fix) and
 the project's :func:`lowrank.linalg.qr_positive` (CholeskyQR2 at large shapes), so a floor
 is never inflated by the project's own choice. Networks: 784-256-128-10 at batch 64, rank
 20 and the paper's 784-500x4-10 at batch 256, rank 50 (Fashion-MNIST); a 2048-wide MLP
 (4 hidden layers, batch 256, random data) at 5 % and 10 % of the width, fixed rank.
 
-Timing protocol: everything of one network is timed in interleaved rounds (round-robin, a
-block of steps each) and the 25th-percentile block is kept, so a load change on a shared
-machine hits all rows alike. The DLRT rows run the :class:`lowrank.DLRT` optimizer through
-the CLI's stepper, what ``lowrank train`` runs. Ratios are what to compare on a CPU; on a GPU
-(``--device cuda``) absolute times are meaningful too.
+Timing protocol: ``timing.py`` (everything of one network in interleaved rounds, the
+25th-percentile block kept, so a load change hits all rows alike). The DLRT rows run the
+:class:`lowrank.DLRT` optimizer through the CLI's stepper, what ``lowrank train`` runs.
+Ratios are what to compare on a CPU; on a GPU (``--device cuda``) absolute times are
+meaningful too.
 
     python benchmarks/bench_dlrt.py [--device cpu] [--threads N] [--quick] [--only NAME] [--json out.json]
 """
@@ -29,7 +40,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
 import sys
 import time
 from collections.abc import Callable
@@ -45,11 +55,7 @@ from lowrank.models import mlp
 from lowrank.registry import method_config
 from lowrank.run import apply_method, build_stepper
 from lowrank.stepper import Stepper
-
-
-def sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize()
+from timing import StepStream, Timed, interleaved, sync
 
 
 def random_dlrt(cfg: TrainConfig) -> torch.nn.Module:
@@ -67,75 +73,29 @@ def random_dlrt(cfg: TrainConfig) -> torch.nn.Module:
     return model
 
 
-class Timed:
-    """Something timed per call in the interleaved rounds: ``call()`` once per step."""
-
-    def __init__(self, name: str, call: Callable[[], Any], device: torch.device):
-        self.name, self.call, self.device = name, call, device
-        self.blocks: list[float] = []
-
-    def run(self, steps: int) -> float:
-        """Seconds per call over ``steps`` calls."""
-        sync(self.device)
-        t0 = time.perf_counter()
-        for _ in range(steps):
-            self.call()
-        sync(self.device)
-        return (time.perf_counter() - t0) / steps
-
-
-class Runner(Timed):
+class Runner(StepStream):
     """One model + stepper, stepping through a fixed data stream (``pass_only``: forward and
     backward without the optimizer step, for the KLS floor's second pass)."""
 
     def __init__(self, name: str, cfg: TrainConfig, x: torch.Tensor, y: torch.Tensor, device: torch.device,
                  fresh_init: bool = False, pass_only: bool = False):
         torch.manual_seed(cfg.seed)
-        self.x, self.y, self.bs = x, y, cfg.batch_size
         if fresh_init and cfg.method.method == "dlrt":
             self.model = random_dlrt(cfg).to(device)
         else:
             self.model = apply_method(mlp(cfg.layers, cfg.activation), cfg).to(device)
-        self.stepper: Stepper = build_stepper(self.model, cfg, 0)
-        self.perm = torch.randperm(len(x), device=device)
-        self.pos = 0
-        super().__init__(name, self._pass if pass_only else self._step, device)
-
-    def _batch(self) -> tuple[torch.Tensor, torch.Tensor]:
-        if self.pos + self.bs > len(self.x):
-            self.pos = 0
-        idx = self.perm[self.pos:self.pos + self.bs]
-        self.pos += self.bs
-        return self.x[idx], self.y[idx]
-
-    def _step(self) -> None:
-        self.stepper.step(*self._batch(), F.cross_entropy)
+        stepper: Stepper = build_stepper(self.model, cfg, 0)
+        super().__init__(name, stepper, x, y, cfg.batch_size, F.cross_entropy, device, shuffle=True)
+        if pass_only:
+            self.call = self._pass
 
     def _pass(self) -> None:
-        x, y = self._batch()
+        x, y = self.next_batch()
         self.model.zero_grad(set_to_none=True)
         F.cross_entropy(self.model(x), y).backward()
 
     def ranks(self) -> list[int]:
         return [l.rank for l in getattr(self.stepper, "layers", [])]
-
-
-def interleaved(timed: list[Timed], rounds: int, steps: int, warmup: int) -> dict[str, float]:
-    """Seconds per call of each: the 25th percentile over ``rounds`` interleaved blocks.
-
-    A low percentile rather than the median: on a shared machine a block is only ever
-    slowed down by other processes, never sped up.
-    """
-    for t in timed:
-        t.run(warmup)
-        stepper = getattr(t, "stepper", None)
-        if hasattr(stepper, "end_epoch"):
-            stepper.end_epoch(0)  # reset the DLRT timers after warm-up
-    for _ in range(rounds):
-        for t in timed:
-            t.blocks.append(t.run(steps))
-    return {t.name: statistics.quantiles(t.blocks, n=4, method="inclusive")[0] if len(t.blocks) > 1
-            else t.blocks[0] for t in timed}
 
 
 def householder_qr_positive(a: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -160,18 +120,29 @@ def faster_qr(a: torch.Tensor, device: torch.device) -> Callable[[], Any]:
     return lambda: best(a)
 
 
-def floor_kernels(layers: list[int], rank: int, device: torch.device) -> tuple[Timed, Timed]:
-    """The QRs of every hidden layer's new bases, ``(n, r)`` and ``(m, r)``, and the ``r x r``
-    singular values of every layer (float64, as the rank rule takes them), each as one call."""
+def turn_products(B0: torch.Tensor, D: torch.Tensor, small: torch.Tensor) -> None:
+    """The products one turned basis cannot avoid: ``B0^T D``, ``D^T D`` (r, r) and the new
+    basis ``B0 X + D Y`` (n, r), into fresh outputs as a step computes them."""
+    B0.T @ D, D.T @ D
+    torch.mm(B0, small).addmm_(D, small)
+
+
+def floor_kernels(layers: list[int], rank: int, device: torch.device) -> tuple[Timed, Timed, Timed]:
+    """The QRs of every hidden layer's new bases, ``(n, r)`` and ``(m, r)``, the ``r x r``
+    singular values of every layer (float64, as the rank rule takes them) and the products of
+    the turned bases (:func:`turn_products`), each as one call."""
     g = torch.Generator().manual_seed(0)
-    qrs, svds = [], []
+    qrs, svds, turns = [], [], []
     for m, n in zip(layers[:-2], layers[1:-1]):       # hidden layer (n, m): U (n, r), V (m, r)
+        small = torch.randn(rank, rank, generator=g).to(device)
         for rows in (n, m):
             qrs.append(faster_qr(torch.randn(rows, rank, generator=g).to(device), device))
-        core = torch.randn(rank, rank, generator=g).to(device)
-        svds.append(lambda c=core: torch.linalg.svdvals(c.double()))
+            B0, D = (torch.randn(rows, rank, generator=g).to(device) for _ in range(2))
+            turns.append(lambda B0=B0, D=D: turn_products(B0, D, small))
+        svds.append(lambda c=small: torch.linalg.svdvals(c.double()))
     return (Timed("QRs", lambda: [f() for f in qrs], device),
-            Timed("SVDs", lambda: [f() for f in svds], device))
+            Timed("SVDs", lambda: [f() for f in svds], device),
+            Timed("turns", lambda: [f() for f in turns], device))
 
 
 def cfg_for(method: str, layers: list[int], batch: int, rank: int | None, device: str, **kw: Any) -> TrainConfig:
@@ -199,13 +170,19 @@ NETWORKS = [
     Network("2048x4, 10%", [2048] * 5 + [10], 256, 205, False, False),
 ]
 
-#: The integrators timed: name -> (method options, floor terms besides the vanilla step).
-INTEGRATORS: dict[str, tuple[dict[str, Any], tuple[str, ...]]] = {
-    "parallel": ({"integrator": "parallel"}, ("QRs",)),
-    "KLS": ({"integrator": "kls"}, ("pass", "QRs")),
-    "parallel adaptive": ({"integrator": "parallel", "adaptive": True}, ("QRs", "SVDs")),
-    "KLS adaptive": ({"integrator": "kls", "adaptive": True}, ("QRs", "SVDs")),
+#: The integrators timed: name -> (method options, floor terms besides the vanilla step, the
+#: lowered floor's terms from rank :data:`TURNED_MIN_RANK` on, or None).
+INTEGRATORS: dict[str, tuple[dict[str, Any], tuple[str, ...], tuple[str, ...] | None]] = {
+    "parallel": ({"integrator": "parallel"}, ("QRs",), ("turns",)),
+    "KLS": ({"integrator": "kls"}, ("pass", "QRs"), None),   # its QRs kept: see kls_step.py
+    "parallel adaptive": ({"integrator": "parallel", "adaptive": True}, ("QRs", "SVDs"), None),
+    "KLS adaptive": ({"integrator": "kls", "adaptive": True}, ("QRs", "SVDs"), None),
 }
+
+try:  # the rank from which the fixed-rank steps turn their bases
+    from lowrank.methods.dlrt.basis import TURNED_MIN_RANK
+except ImportError:  # a checkout from before turned bases (a "before" run): the same shapes
+    TURNED_MIN_RANK = 32
 
 #: Target: a step within this factor of its floor.
 FLOOR_TARGET = 1.15
@@ -227,7 +204,7 @@ def table(net: Network, device: torch.device, quick: bool) -> dict[str, Any]:
                           Runner("vanilla", vanilla_cfg, x, y, device),
                           Runner("pass", vanilla_cfg, x, y, device, pass_only=True)]
     adaptive = {"tau": 0.05, "max_rank": 2 * net.rank}
-    for name, (options, _) in INTEGRATORS.items():
+    for name, (options, _, _) in INTEGRATORS.items():
         if options.get("adaptive") and not net.adaptive:
             continue
         kw = {**options, **(adaptive if options.get("adaptive") else {"max_rank": max(net.layers)})}
@@ -243,9 +220,15 @@ def table(net: Network, device: torch.device, quick: bool) -> dict[str, Any]:
     for t in timed:
         if t.name not in INTEGRATORS:
             continue
-        floor = per["vanilla"] + sum(per[term] for term in INTEGRATORS[t.name][1])
+        _, terms, lowered = INTEGRATORS[t.name]
+        floor = per["vanilla"] + sum(per[term] for term in terms)
+        low = (per["vanilla"] + sum(per[term] for term in lowered)
+               if lowered and net.rank >= TURNED_MIN_RANK else None)
         rows.append({"integrator": t.name, "ms_per_step": 1e3 * per[t.name], "floor_ms": 1e3 * floor,
-                     "ratio_to_floor": per[t.name] / floor, "x_vanilla": per[t.name] / per["vanilla"],
+                     "ratio_to_floor": per[t.name] / floor,
+                     "lowered_floor_ms": None if low is None else 1e3 * low,
+                     "ratio_to_lowered_floor": None if low is None else per[t.name] / low,
+                     "x_vanilla": per[t.name] / per["vanilla"],
                      "speedup_vs_dense": per["dense"] / per[t.name], "ranks": t.ranks()})
     return {"network": net.name, "layers": net.layers, "batch": net.batch, "rank": net.rank,
             "ms": {k: 1e3 * v for k, v in per.items()}, "rows": rows}
@@ -255,12 +238,16 @@ def print_table(t: dict[str, Any], out: Callable[[str], None] = print) -> None:
     ms = t["ms"]
     out(f"\n{t['network']} ({'-'.join(map(str, t['layers']))}), batch {t['batch']}, rank {t['rank']}: "
         f"dense {ms['dense']:.2f} ms, vanilla {ms['vanilla']:.2f} ms, one more pass {ms['pass']:.2f} ms, "
-        f"QRs {ms['QRs']:.2f} ms, r x r SVDs {ms['SVDs']:.2f} ms per step")
-    out(f"{'integrator':<19}{'ms/step':>9}{'floor ms':>10}{'/floor':>8}{'x vanilla':>10}{'vs dense':>10}  ranks")
+        f"QRs {ms['QRs']:.2f} ms, r x r SVDs {ms['SVDs']:.2f} ms, turned bases' products "
+        f"{ms['turns']:.2f} ms per step")
+    out(f"{'integrator':<19}{'ms/step':>9}{'floor ms':>10}{'/floor':>8}{'lowered':>9}{'/lowered':>9}"
+        f"{'x vanilla':>10}{'vs dense':>10}  ranks")
     for r in t["rows"]:
-        met = "" if r["ratio_to_floor"] <= FLOOR_TARGET else " *"
+        low = r["ratio_to_lowered_floor"]
+        met = "" if min(r["ratio_to_floor"], low or float("inf")) <= FLOOR_TARGET else " *"
+        lowered = (f"{r['lowered_floor_ms']:>9.2f}{low:>8.2f}x" if low is not None else f"{'-':>9}{'-':>9}")
         out(f"{r['integrator']:<19}{r['ms_per_step']:>9.2f}{r['floor_ms']:>10.2f}{r['ratio_to_floor']:>7.2f}x"
-            f"{r['x_vanilla']:>9.2f}x{r['speedup_vs_dense']:>9.2f}x  {r['ranks']}{met}")
+            f"{lowered}{r['x_vanilla']:>9.2f}x{r['speedup_vs_dense']:>9.2f}x  {r['ranks']}{met}")
 
 
 def main(argv: list[str] | None = None) -> int:

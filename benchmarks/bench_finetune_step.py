@@ -6,9 +6,8 @@ layers, trainable new output layer; ``full``: the ``dense`` method with the same
 options; Adam, batch 64), stepped on a fixed pool of random inputs (a step's cost does not
 depend on the values).
 
-Timing protocol (as ``bench_dlrt.py``): the rows are timed in interleaved rounds (round-robin,
-a block of steps each) and the 25th-percentile block is kept, so a load change on a shared
-machine hits every row alike; compare the ratios.
+Timing protocol: ``timing.py`` (interleaved rounds, the 25th-percentile block kept); compare
+the ratios.
 
     python benchmarks/bench_finetune_step.py [--threads N] [--rounds R] [--steps S] [--json out.json]
 """
@@ -18,9 +17,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import statistics
 import tempfile
-import time
 from pathlib import Path
 
 import torch
@@ -30,6 +27,7 @@ from lowrank.models import mlp
 from lowrank.registry import method_config
 from lowrank.config import OptimConfig, TrainConfig
 from lowrank.run import apply_method, build_stepper
+from timing import StepStream, interleaved
 
 LAYERS = [784, 256, 128, 10]
 RANKS = [1, 2, 4, 8, 16, 32]
@@ -64,26 +62,8 @@ def main() -> None:
         rows = runners(base, a.batch)
     g = torch.Generator().manual_seed(0)
     x, y = torch.randn(4096, LAYERS[0], generator=g), torch.randint(0, LAYERS[-1], (4096,), generator=g)
-    blocks: dict[str, list[float]] = {name: [] for name in rows}
-    pos = 0
-
-    def run(name: str, steps: int) -> float:
-        nonlocal pos
-        _, stepper = rows[name]
-        t0 = time.perf_counter()
-        for _ in range(steps):
-            if pos + a.batch > len(x):
-                pos = 0
-            stepper.step(x[pos:pos + a.batch], y[pos:pos + a.batch], F.cross_entropy)
-            pos += a.batch
-        return (time.perf_counter() - t0) / steps
-
-    for name in rows:
-        run(name, 50)  # warm-up
-    for _ in range(a.rounds):
-        for name in rows:
-            blocks[name].append(run(name, a.steps))
-    per_step = {n: statistics.quantiles(b, n=4, method="inclusive")[0] for n, b in blocks.items()}
+    streams = [StepStream(name, stepper, x, y, a.batch, F.cross_entropy) for name, (_, stepper) in rows.items()]
+    per_step = interleaved(streams, rounds=a.rounds, steps=a.steps, warmup=50)
     full = per_step["full fine-tuning"]
     print(f"LoRA fine-tuning step vs full fine-tuning, {'-'.join(map(str, LAYERS))}, batch {a.batch}, Adam, "
           f"{a.threads} thread(s), {a.rounds} interleaved rounds of {a.steps} steps, 25th percentile "

@@ -10,9 +10,8 @@ Rows: ``dense`` (``nn.MultiheadAttention``, as built); ``dense, separate project
 separate the implementation from the rank); vanilla ``U S V^T`` attention at each k; fixed
 and rank-adaptive DLRT (parallel) at k = 16.
 
-Timing protocol (as ``bench_dlrt.py``): interleaved rounds (round-robin, a block of steps each),
-the 25th-percentile block kept, so a load change on a shared machine hits every row alike;
-compare the ratios.
+Timing protocol: ``timing.py`` (interleaved rounds, the 25th-percentile block kept); compare
+the ratios.
 
     python benchmarks/bench_transformer_step.py [--threads N] [--rounds R] [--steps S] [--json out.json]
 """
@@ -22,8 +21,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import statistics
-import time
 from pathlib import Path
 
 import torch
@@ -34,6 +31,7 @@ from lowrank.config import OptimConfig, TrainConfig
 from lowrank.data import DataConfig
 from lowrank.registry import method_config
 from lowrank.run import build_dense_model, apply_method, build_stepper
+from timing import StepStream, interleaved
 
 ARGS = {"d_model": 64, "num_heads": 4, "num_layers": 1, "dim_feedforward": 128, "dropout": 0.1}
 LENGTH, VOCAB = 256, 8000
@@ -78,27 +76,8 @@ def main() -> None:
     lengths = torch.where(torch.rand(n, generator=g) < 0.44, LENGTH, torch.randint(40, LENGTH, (n,), generator=g))
     x[torch.arange(LENGTH)[None, :] >= lengths[:, None]] = 0
     x, y = x.to(torch.float32), torch.randint(0, 2, (n,), generator=g)
-    blocks: dict[str, list[float]] = {name: [] for name in runners}
-    pos = 0
-
-    def run(name: str, steps: int) -> float:
-        nonlocal pos
-        model, stepper = runners[name]
-        model.train()
-        t0 = time.perf_counter()
-        for _ in range(steps):
-            if pos + a.batch > n:
-                pos = 0
-            stepper.step(x[pos:pos + a.batch], y[pos:pos + a.batch], F.cross_entropy)
-            pos += a.batch
-        return (time.perf_counter() - t0) / steps
-
-    for name in runners:
-        run(name, 3)  # warm-up
-    for _ in range(a.rounds):
-        for name in runners:
-            blocks[name].append(run(name, a.steps))
-    per_step = {k: statistics.quantiles(b, n=4, method="inclusive")[0] for k, b in blocks.items()}
+    streams = [StepStream(name, stepper, x, y, a.batch, F.cross_entropy) for name, (_, stepper) in runners.items()]
+    per_step = interleaved(streams, rounds=a.rounds, steps=a.steps, warmup=3)
     dense = per_step["dense"]
     print(f"IMDB transformer training step (d_model 64, 4 heads, 1 layer, L={LENGTH}, batch {a.batch}, Adam), "
           f"{a.threads} thread(s), {a.rounds} interleaved rounds of {a.steps} steps, 25th percentile "

@@ -111,17 +111,16 @@ def reference_step(model: nn.Sequential, x, y, integrator: str, adaptive: bool, 
 
 
 def turn_bases_from(monkeypatch, rank: int) -> None:
-    """Make the power and KLS steps take turned bases from ``rank`` on (the tests' layers are
-    far below :data:`~lowrank.methods.dlrt.basis.TURNED_MIN_RANK`)."""
-    from lowrank.methods.dlrt import kls, power
+    """Make the power step take turned bases from ``rank`` on (the tests' layers are far below
+    :data:`~lowrank.methods.dlrt.basis.TURNED_MIN_RANK`)."""
+    from lowrank.methods.dlrt import power
 
     monkeypatch.setattr(power, "TURNED_MIN_RANK", rank)
-    monkeypatch.setattr(kls, "TURNED_MIN_RANK", rank)
 
 
 @pytest.fixture(params=["qr", "turned"])
 def bases(request, monkeypatch) -> str:
-    """Both ways the steps find their bases: by QR (small ranks) and turned (no QR)."""
+    """Both ways the power step finds its bases: by QR (small ranks) and turned (no QR)."""
     if request.param == "turned":
         turn_bases_from(monkeypatch, 1)
     return request.param

@@ -149,7 +149,7 @@ def turned_basis(B0: torch.Tensor, D: torch.Tensor, A: torch.Tensor, gram: torch
 #: is found by QR): its orthonormality then stays within ``~eps (1 + MAX_TURN_SQ)``.
 MAX_TURN_SQ = 16.0
 
-#: Smallest rank at which the power and KLS steps take turned bases rather than QRs. Below it the
+#: Smallest rank at which the power step takes turned bases rather than QRs. Below it the
 #: QR path's fewer, smaller calls are faster on a CPU (one layer's power step, 2 threads, turned /
 #: QR: 1.84x at (128, 256, r=20), 1.41x at (256, 784, 20), 0.82x at (1024, 1024, 32), 0.89x at
 #: (500, 784, 50), 0.66x at (2048, 2048, 51), 0.57x at (2048, 2048, 102)).

@@ -1,10 +1,9 @@
 """The KLS (basis update & Galerkin) integrator; its fixed-rank step (two passes per step)::
 
-    pass 1 at W0 -> G_K, G_L;  K, L step;  U1 = orth(K1), V1 = orth(L1);  S~ = (U1^T U0) S0 (V1^T V0)^T
+    pass 1 at W0 -> G_K, G_L;  K, L step;  U1 = qr(K1), V1 = qr(L1);  S~ = (U1^T U0) S0 (V1^T V0)^T
     pass 2 at U1 S~ V1^T -> dS;  S and rest step
 
-(:mod:`.kls`; ``orth``: the bases of those ranges turned from ``U0``, ``V0``, without a QR,
-:func:`~.kls.kls_step_basis`). Pass 1 is the caller's backward pass (or the closure's first call); pass 2
+(:mod:`.kls`). Pass 1 is the caller's backward pass (or the closure's first call); pass 2
 is ``step(closure)``'s call of the closure, which runs without capture. The optimizer
 state of ``S``, ``K``, ``L`` is projected onto the new bases ``U1``, ``V1`` every step.
 The rank-adaptive step (one pass) is :class:`~.adaptive_kls_step.AdaptiveKLSSteps`'.
@@ -13,7 +12,7 @@ The rank-adaptive step (one pass) is :class:`~.adaptive_kls_step.AdaptiveKLSStep
 from __future__ import annotations
 
 from .adaptive_kls_step import AdaptiveKLSSteps
-from .kls import kls_coefficients, kls_step_basis
+from .kls import kls_coefficients, kls_fixed_basis
 from .optimizer import DLRT, Closure
 
 __all__ = ["KLSDLRT"]
@@ -35,11 +34,6 @@ class KLSDLRT(AdaptiveKLSSteps, DLRT, integrator="kls"):
     def _keep_KL0(self) -> bool:
         # The augmented bases of the rank-adaptive variant are formed from the starting values.
         return self.adaptive
-
-    @property
-    def _reads_moves(self) -> bool:
-        # The fixed-rank step finds its bases from the moves (kls_step_basis).
-        return not self.adaptive
 
     @property
     def _keep_io(self) -> bool:
@@ -77,12 +71,14 @@ class KLSDLRT(AdaptiveKLSSteps, DLRT, integrator="kls"):
             if not active[i]:
                 continue
             U0, S0, V0 = layer.U.data, layer.S.data, layer.V.data
-            # Bases of range(K1), range(L1) turned from U0, V0 (no QR), projected state. Aligned QR / QL
-            # bases with the state kept and an SVD every 10th step (as the parallel step does)
-            # measured 0.2 points lower (10 epochs, rank 20, seeds 0-2: 88.35 against 88.57 %).
-            dK, dL = self._moves(i)
-            U1, MU = kls_step_basis(U0, S0, dK)              # U1 (n, r) spans K1, MU = U1^T U0 (r, r)
-            V1, MV = kls_step_basis(V0, S0.T, dL)            # V1 (m, r) spans L1, MV = V1^T V0 (r, r)
+            # The published QR / QR bases, projected state. Aligned QR / QL bases with the state kept
+            # and an SVD every 10th step (as the parallel step does) measured 0.2 points lower
+            # (10 epochs, rank 20, seeds 0-2: 88.35 against 88.57 %) and no faster in one run. Bases
+            # turned from U0, V0 without a QR (basis.turned_basis, the same ranges; the state
+            # projected) measured a point lower and hardly faster: 784-500x4-10, rank 50, Adam, 5 epochs,
+            # seeds 0-1: 86.20 / 86.44 against 87.39 / 87.16 %; 2048-wide, rank 205: 100 against 103 ms.
+            U1, MU = kls_fixed_basis(U0, self.K[i].data)     # U1 = qr(K1) (n, r), MU = U1^T U0 (r, r)
+            V1, MV = kls_fixed_basis(V0, self.L[i].data)     # V1 = qr(L1) (m, r), MV = V1^T V0 (r, r)
             self._project(i, MU, MV.T, MV.T, MU.T)
             self._set_factors(i, U1, kls_coefficients(MU, S0, MV), V1)
         self.clock.lap("linalg")
