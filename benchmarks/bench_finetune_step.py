@@ -14,7 +14,6 @@ the ratios.
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import tempfile
@@ -27,7 +26,7 @@ from lowrank.models import mlp
 from lowrank.registry import method_config
 from lowrank.config import OptimConfig, TrainConfig
 from lowrank.run import apply_method, build_stepper
-from timing import StepStream, interleaved
+from timing import StepStream, interleaved, parser
 
 LAYERS = [784, 256, 128, 10]
 RANKS = [1, 2, 4, 8, 16, 32]
@@ -47,13 +46,7 @@ def runners(base: Path, batch: int) -> dict[str, tuple[torch.nn.Module, object]]
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--threads", type=int, default=1)
-    ap.add_argument("--rounds", type=int, default=15)
-    ap.add_argument("--steps", type=int, default=100)
-    ap.add_argument("--batch", type=int, default=64)
-    ap.add_argument("--json", default=None)
-    a = ap.parse_args()
+    a = parser(__doc__.splitlines()[0], threads=1, rounds=15, steps=100).parse_args()
     torch.set_num_threads(a.threads)
     with tempfile.TemporaryDirectory() as d:
         base = Path(d) / "base.pt"

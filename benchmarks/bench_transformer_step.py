@@ -18,7 +18,6 @@ the ratios.
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 from pathlib import Path
@@ -31,7 +30,7 @@ from lowrank.config import OptimConfig, TrainConfig
 from lowrank.data import DataConfig
 from lowrank.registry import method_config
 from lowrank.run import build_dense_model, apply_method, build_stepper
-from timing import StepStream, interleaved
+from timing import StepStream, interleaved, parser
 
 ARGS = {"d_model": 64, "num_heads": 4, "num_layers": 1, "dim_feedforward": 128, "dropout": 0.1}
 LENGTH, VOCAB = 256, 8000
@@ -61,13 +60,7 @@ def rows(batch: int) -> dict[str, tuple[torch.nn.Module, object]]:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--rounds", type=int, default=7)
-    ap.add_argument("--steps", type=int, default=10)
-    ap.add_argument("--batch", type=int, default=64)
-    ap.add_argument("--json", default=None)
-    a = ap.parse_args()
+    a = parser(__doc__.splitlines()[0], threads=2, rounds=7, steps=10).parse_args()
     torch.set_num_threads(a.threads)
     runners = rows(a.batch)
     g = torch.Generator().manual_seed(0)

@@ -6,6 +6,7 @@ shared machine hits every row alike. Compare the ratios of one run.
 
 from __future__ import annotations
 
+import argparse
 import statistics
 import time
 from collections.abc import Callable
@@ -13,7 +14,18 @@ from typing import Any
 
 import torch
 
-__all__ = ["StepStream", "Timed", "interleaved", "sync"]
+__all__ = ["StepStream", "Timed", "interleaved", "parser", "sync"]
+
+
+def parser(description: str, *, threads: int, rounds: int, steps: int, batch: int = 64) -> argparse.ArgumentParser:
+    """The options every step benchmark takes, with its defaults."""
+    ap = argparse.ArgumentParser(description=description)
+    ap.add_argument("--threads", type=int, default=threads, help="torch intra-op threads")
+    ap.add_argument("--rounds", type=int, default=rounds, help="interleaved rounds")
+    ap.add_argument("--steps", type=int, default=steps, help="steps per block")
+    ap.add_argument("--batch", type=int, default=batch)
+    ap.add_argument("--json", default=None, help="also write the rows here")
+    return ap
 
 
 def sync(device: torch.device) -> None:

@@ -9,6 +9,7 @@ temporary folder so no test ever writes to ``~/.cache``.
 
 from __future__ import annotations
 
+import contextlib
 import os
 from pathlib import Path
 
@@ -71,6 +72,32 @@ def lowrank_cli():
         return subprocess.run(cmd, capture_output=True, text=True, cwd=cwd, env=e, timeout=timeout)
 
     return run
+
+
+@pytest.fixture
+def stop_stepper(monkeypatch):
+    """``with stop_stepper(at_step, exc=KeyboardInterrupt):`` every stepper the run code builds
+    inside raises ``exc`` before its step ``at_step`` (KeyboardInterrupt: as Ctrl-C would)."""
+    from lowrank import run as run_mod
+
+    @contextlib.contextmanager
+    def stop(at_step: int, exc: type[BaseException] = KeyboardInterrupt):
+        real = run_mod.build_stepper
+
+        def patched(model, cfg, total):
+            stepper = real(model, cfg, total)
+            step = stepper.step
+
+            def stopping(*a, **k):
+                if stepper.steps == at_step:
+                    raise exc
+                return step(*a, **k)
+            stepper.step = stopping
+            return stepper
+        with monkeypatch.context() as m:
+            m.setattr(run_mod, "build_stepper", patched)
+            yield
+    return stop
 
 
 @pytest.fixture

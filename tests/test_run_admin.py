@@ -41,28 +41,8 @@ def data():
     return load_dataset(small_cfg().data, seed=1)
 
 
-def _stop_at(monkeypatch, at_step: int, exc: type[BaseException] = KeyboardInterrupt) -> None:
-    """Make the stepper raise ``exc`` before step ``at_step`` (KeyboardInterrupt: as Ctrl-C would)."""
-    from lowrank import run as run_mod
-
-    real = run_mod.build_stepper
-
-    def patched(model, cfg, total):
-        stepper = real(model, cfg, total)
-        step = stepper.step
-
-        def stopping(*a, **k):
-            if stepper.steps == at_step:
-                raise exc
-            return step(*a, **k)
-        stepper.step = stopping
-        return stepper
-    monkeypatch.setattr(run_mod, "build_stepper", patched)
-
-
-def _interrupted_run(store, tmp_path, data, monkeypatch, at_step: int = 8) -> dict:
-    with monkeypatch.context() as m:
-        _stop_at(m, at_step)
+def _interrupted_run(store, tmp_path, data, stop_stepper, at_step: int = 8) -> dict:
+    with stop_stepper(at_step):
         with pytest.raises(KeyboardInterrupt):
             train_run(small_cfg(), store=store, runs_dir=tmp_path / "runs", data=data)
     run = store.runs()[-1]
@@ -178,8 +158,8 @@ def test_second_process_cannot_train_a_running_run_until_the_first_dies(tmp_path
     assert lock_holder(run_dir) is None
 
 
-def test_a_lock_file_left_by_a_dead_process_is_taken_over(store, tmp_path, data, monkeypatch):
-    run = _interrupted_run(store, tmp_path, data, monkeypatch)
+def test_a_lock_file_left_by_a_dead_process_is_taken_over(store, tmp_path, data, stop_stepper):
+    run = _interrupted_run(store, tmp_path, data, stop_stepper)
     lock = Path(run["run_dir"]) / ".lock"
     dead = _dead_pid()
     lock.write_text(f"{dead}\n")  # the file of a killed trainer: its flock went with it
@@ -193,8 +173,8 @@ def test_a_lock_file_left_by_a_dead_process_is_taken_over(store, tmp_path, data,
     assert lock_holder(run["run_dir"]) is None  # released at the end
 
 
-def test_resume_of_a_locked_run_is_refused_before_anything_is_written(store, tmp_path, data, monkeypatch):
-    run = _interrupted_run(store, tmp_path, data, monkeypatch)
+def test_resume_of_a_locked_run_is_refused_before_anything_is_written(store, tmp_path, data, stop_stepper):
+    run = _interrupted_run(store, tmp_path, data, stop_stepper)
     ckpt = Path(run["run_dir"]) / "checkpoint.pt"
     before = (ckpt.stat().st_mtime_ns, store.epochs(run["id"]), (Path(run["run_dir"]) / "metrics.jsonl").read_text())
     holder = RunLock.acquire(run["run_dir"], run["id"])  # another open file: conflicts like another process
@@ -219,9 +199,8 @@ def test_new_run_holds_its_lock_while_it_trains(store, tmp_path, data):
     assert (res.run_dir / ".lock").read_text().strip() == str(os.getpid())
 
 
-def test_second_interrupt_leaves_the_run_interrupted_not_running(store, tmp_path, data, monkeypatch):
-    with monkeypatch.context() as m:
-        _stop_at(m, 8, ForcedInterrupt)  # stopped at once in epoch 2: no checkpoint of its own
+def test_second_interrupt_leaves_the_run_interrupted_not_running(store, tmp_path, data, stop_stepper):
+    with stop_stepper(8, ForcedInterrupt):  # stopped at once in epoch 2: no checkpoint of its own
         with pytest.raises(ForcedInterrupt):
             train_run(small_cfg(), store=store, runs_dir=tmp_path / "runs", data=data)
     run = store.run(1)
@@ -297,8 +276,8 @@ def test_divergence_in_the_first_epoch_says_no_checkpoint_was_written(store, tmp
     assert run["status"] == "diverged" and not (Path(run["run_dir"]) / "checkpoint.pt").exists()
 
 
-def test_divergence_after_a_resume_names_the_checkpoint_it_resumed_from(store, tmp_path, data, monkeypatch):
-    run = _interrupted_run(store, tmp_path, data, monkeypatch, at_step=3)  # mid-epoch 1, 3 batches done
+def test_divergence_after_a_resume_names_the_checkpoint_it_resumed_from(store, tmp_path, data, stop_stepper):
+    run = _interrupted_run(store, tmp_path, data, stop_stepper, at_step=3)  # mid-epoch 1, 3 batches done
     x, poisoned = _poisonable(data)
     x[:] = float("nan")
     with pytest.raises(TrainingDivergedError) as info:

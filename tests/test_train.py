@@ -44,34 +44,14 @@ def test_fit_records_every_epoch(store, tmp_path, mnist_small):
     assert (res.run_dir / "config.json").exists() and (res.run_dir / "summary.json").exists()
 
 
-def _interrupt_at(monkeypatch, at_step: int) -> None:
-    """Make the stepper raise KeyboardInterrupt (as Ctrl-C would) before step ``at_step``."""
-    from lowrank import run as run_mod
-
-    real = run_mod.build_stepper
-
-    def patched(model, cfg, total):
-        stepper = real(model, cfg, total)
-        step = stepper.step
-
-        def interrupting(*a, **k):
-            if stepper.steps == at_step:
-                raise KeyboardInterrupt
-            return step(*a, **k)
-        stepper.step = interrupting
-        return stepper
-    monkeypatch.setattr(run_mod, "build_stepper", patched)
-
-
 @pytest.mark.parametrize("at_step", [12, 17])  # 12 = end of epoch 1, 17 = mid-epoch 2
 @pytest.mark.parametrize("noise", [0.0, 0.3])
-def test_resume_reproduces_uninterrupted_run(store, tmp_path, mnist_small, monkeypatch, at_step, noise):
+def test_resume_reproduces_uninterrupted_run(store, tmp_path, mnist_small, stop_stepper, at_step, noise):
     cfg = small_cfg()
     cfg.data.noise = noise
     full = train_run(cfg, store=store, runs_dir=tmp_path / "runs", data=mnist_small)
 
-    with monkeypatch.context() as m:
-        _interrupt_at(m, at_step)
+    with stop_stepper(at_step):
         with pytest.raises(KeyboardInterrupt):
             train_run(small_cfg(data=cfg.data), store=store, runs_dir=tmp_path / "runs", data=mnist_small)
     run_id = full.run_id + 1
