@@ -118,20 +118,23 @@ def turn_bases_from(monkeypatch, rank: int) -> None:
     monkeypatch.setattr(power, "TURNED_MIN_RANK", rank)
 
 
-@pytest.fixture(params=["qr", "turned"])
-def bases(request, monkeypatch) -> str:
-    """Both ways the power step finds its bases: by QR (small ranks) and turned (no QR)."""
-    if request.param == "turned":
+#: The integrators with each way they find their bases: the power step by QR (small ranks) and
+#: turned (no QR); KLS by QR only.
+INTEGRATOR_BASES = [("kls", "qr"), ("parallel", "qr"), ("parallel", "turned")]
+
+
+def use_bases(monkeypatch, bases: str) -> None:
+    if bases == "turned":
         turn_bases_from(monkeypatch, 1)
-    return request.param
 
 
-@pytest.mark.parametrize("integrator", ["kls", "parallel"])
+@pytest.mark.parametrize("integrator, bases", INTEGRATOR_BASES)
 @pytest.mark.parametrize("adaptive", [False, True])
 @pytest.mark.parametrize("shape", [(7, 6, 2), (9, 5, 3)])  # (9, 5, 3): 2r > n, augmentation is capped
 @pytest.mark.parametrize("truncation", ["svd", "power"])
 def test_one_sgd_step_matches_formulas(integrator: str, adaptive: bool, shape: tuple[int, int, int],
-                                       truncation: str, bases: str) -> None:
+                                       truncation: str, bases: str, monkeypatch) -> None:
+    use_bases(monkeypatch, bases)
     m, n, r = shape
     model = tiny_model(m, n, r)
     x, y = batch(m)
@@ -147,9 +150,10 @@ def test_one_sgd_step_matches_formulas(integrator: str, adaptive: bool, shape: t
     assert orthonormality_error(layer.U) < 1e-12 and orthonormality_error(layer.V) < 1e-12
 
 
-@pytest.mark.parametrize("integrator", ["kls", "parallel"])
+@pytest.mark.parametrize("integrator, bases", INTEGRATOR_BASES)
 @pytest.mark.parametrize("adaptive", [False, True])
-def test_l2_penalty_reaches_k_and_l(integrator: str, adaptive: bool, bases: str) -> None:
+def test_l2_penalty_reaches_k_and_l(integrator: str, adaptive: bool, bases: str, monkeypatch) -> None:
+    use_bases(monkeypatch, bases)
     model = tiny_model()
     x, y = batch()
     expected = reference_step(model, x, y, integrator, adaptive, l2=0.01, truncation="power")
@@ -160,9 +164,11 @@ def test_l2_penalty_reaches_k_and_l(integrator: str, adaptive: bool, bases: str)
     torch.testing.assert_close(model[2].weight.detach(), expected[2], atol=1e-10, rtol=1e-10)
 
 
-@pytest.mark.parametrize("integrator", ["kls", "parallel"])
+@pytest.mark.parametrize("integrator, bases", INTEGRATOR_BASES)
 @pytest.mark.parametrize("optimizer", ["sgd", "adam", "adamw"])
-def test_fixed_rank_steps_keep_bases_orthonormal_float32(integrator: str, optimizer: str, bases: str) -> None:
+def test_fixed_rank_steps_keep_bases_orthonormal_float32(integrator: str, optimizer: str, bases: str,
+                                                         monkeypatch) -> None:
+    use_bases(monkeypatch, bases)
     torch.manual_seed(0)
     model = nn.Sequential(DLRTLinear(40, 30, 5), nn.ReLU(), nn.Linear(30, 4))
     x, y = torch.randn(64, 40), torch.randint(0, 4, (64,))
@@ -201,11 +207,13 @@ def test_fixed_rank_power_step_keeps_coordinates(monkeypatch) -> None:
 
 
 @pytest.mark.parametrize("adaptive", [False, True])
+@pytest.mark.parametrize("bases", ["qr", "turned"])
 def test_aligned_steps_keep_state_turning_steps_project_it(monkeypatch, adaptive: bool, bases: str) -> None:
     """Aligned steps (no SVD, rank unchanged) keep the optimizer state as it is and move the bases
     by the step's own size; a step that diagonalizes the core (every ``diagonalize_every``-th,
     or a rank-adaptive step whose rule changes the rank) turns the bases and must project the
     state onto them."""
+    use_bases(monkeypatch, bases)
     torch.manual_seed(0)
     model = nn.Sequential(DLRTLinear(40, 30, 8, max_rank=12), nn.ReLU(), nn.Linear(30, 4))
     x, y = torch.randn(64, 40), torch.randint(0, 4, (64,))
