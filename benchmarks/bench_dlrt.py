@@ -50,7 +50,7 @@ import torch
 from torch.nn import functional as F
 
 from lowrank.config import DataConfig, OptimConfig, TrainConfig
-from lowrank.linalg import qr_positive
+from lowrank.linalg import householder_qr_positive, qr_positive
 from lowrank.models import mlp
 from lowrank.registry import method_config
 from lowrank.run import apply_method, build_stepper
@@ -96,12 +96,6 @@ class Runner(StepStream):
 
     def ranks(self) -> list[int]:
         return [l.rank for l in getattr(self.stepper, "layers", [])]
-
-
-def householder_qr_positive(a: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    q, r = torch.linalg.qr(a)
-    sign = torch.ones_like(torch.diagonal(r)).copysign_(torch.diagonal(r))
-    return q * sign, r * sign[:, None]
 
 
 def faster_qr(a: torch.Tensor, device: torch.device) -> Callable[[], Any]:

@@ -69,7 +69,9 @@ class StepStream(Timed):
     def next_batch(self) -> tuple[torch.Tensor, torch.Tensor]:
         if self.pos + self.batch > len(self.x):
             self.pos = 0
-        idx = slice(self.pos, self.pos + self.batch) if self.order is None else self.order[self.pos:self.pos + self.batch]
+        idx: slice | torch.Tensor = slice(self.pos, self.pos + self.batch)
+        if self.order is not None:
+            idx = self.order[idx]
         self.pos += self.batch
         return self.x[idx], self.y[idx]
 
