@@ -10,16 +10,17 @@ same shapes in the same interleaved rounds:
     KLS, fixed rank        vanilla step + one more forward/backward pass + the QRs (two passes)
     KLS, adaptive          vanilla step + the QRs + the r x r singular values (one pass)
 
-From rank 32 the fixed-rank parallel step needs no QR at all: its new bases are *turned* from
-the old ones (:func:`lowrank.methods.dlrt.basis.turned_basis`, proved orthonormal and equal to
-the float64 formulas in ``tests/test_dlrt_integrators.py``), so its floor is lowered to
+From rank 32 the fixed-rank steps need no QR of an ``(n, r)`` matrix at all: the parallel
+step's new bases are *turned* from the old ones (:func:`lowrank.methods.dlrt.basis.turned_basis`),
+and KLS finds the QR bases ``qr(K1)``, ``qr(L1)`` from the K-, L-moves
+(:func:`lowrank.methods.dlrt.basis.moved_qr`), both proved orthonormal and equal to the float64
+formulas in ``tests/test_dlrt_integrators.py``. Their floors are lowered to
 
-    lowered floor          vanilla step + per layer the eight products a turned step cannot
-                           avoid: U0^T dK, V0^T dL, dK^T dK, dL^T dL and two (n, r) x (r, r)
-                           products per new basis
+    lowered floor          vanilla step (+ one more pass for KLS) + per layer the eight products
+                           such a step cannot avoid: U0^T dK, V0^T dL, dK^T dK, dL^T dL and two
+                           (n, r) x (r, r) products per new basis
 
-and both ratios are printed. (Fixed-rank KLS could turn its bases too, but keeps its QRs: the
-turned bases trained a point worse with Adam, see ``kls_step.py``.)
+and both ratios are printed.
 
 A QR in a floor is timed as the faster of Householder (``torch.linalg.qr`` + sign fix) and
 the project's :func:`lowrank.linalg.qr_positive` (CholeskyQR2 at large shapes), so a floor
@@ -164,19 +165,24 @@ NETWORKS = [
     Network("2048x4, 10%", [2048] * 5 + [10], 256, 205, False, False),
 ]
 
-#: The integrators timed: name -> (method options, floor terms besides the vanilla step, the
-#: lowered floor's terms from rank :data:`TURNED_MIN_RANK` on, or None).
-INTEGRATORS: dict[str, tuple[dict[str, Any], tuple[str, ...], tuple[str, ...] | None]] = {
-    "parallel": ({"integrator": "parallel"}, ("QRs",), ("turns",)),
-    "KLS": ({"integrator": "kls"}, ("pass", "QRs"), None),   # its QRs kept: see kls_step.py
-    "parallel adaptive": ({"integrator": "parallel", "adaptive": True}, ("QRs", "SVDs"), None),
-    "KLS adaptive": ({"integrator": "kls", "adaptive": True}, ("QRs", "SVDs"), None),
-}
-
-try:  # the rank from which the fixed-rank steps turn their bases
+try:  # the ranks from which the fixed-rank steps take no QR: turned bases, moved QRs
     from lowrank.methods.dlrt.basis import TURNED_MIN_RANK
 except ImportError:  # a checkout from before turned bases (a "before" run): the same shapes
     TURNED_MIN_RANK = 32
+try:
+    from lowrank.methods.dlrt.kls import MOVED_QR_MIN_RANK
+except ImportError:  # a checkout from before moved QRs: KLS always factors K1, L1
+    MOVED_QR_MIN_RANK = None
+
+#: The integrators timed: name -> (method options, floor terms besides the vanilla step, the
+#: lowered floor's terms and the rank from which they apply, or None).
+INTEGRATORS: dict[str, tuple[dict[str, Any], tuple[str, ...], tuple[tuple[str, ...], int] | None]] = {
+    "parallel": ({"integrator": "parallel"}, ("QRs",), (("turns",), TURNED_MIN_RANK)),
+    "KLS": ({"integrator": "kls"}, ("pass", "QRs"),
+            None if MOVED_QR_MIN_RANK is None else (("pass", "turns"), MOVED_QR_MIN_RANK)),
+    "parallel adaptive": ({"integrator": "parallel", "adaptive": True}, ("QRs", "SVDs"), None),
+    "KLS adaptive": ({"integrator": "kls", "adaptive": True}, ("QRs", "SVDs"), None),
+}
 
 #: Target: a step within this factor of its floor.
 FLOOR_TARGET = 1.15
@@ -216,8 +222,8 @@ def table(net: Network, device: torch.device, quick: bool) -> dict[str, Any]:
             continue
         _, terms, lowered = INTEGRATORS[t.name]
         floor = per["vanilla"] + sum(per[term] for term in terms)
-        low = (per["vanilla"] + sum(per[term] for term in lowered)
-               if lowered and net.rank >= TURNED_MIN_RANK else None)
+        low = (per["vanilla"] + sum(per[term] for term in lowered[0])
+               if lowered and net.rank >= lowered[1] else None)
         rows.append({"integrator": t.name, "ms_per_step": 1e3 * per[t.name], "floor_ms": 1e3 * floor,
                      "ratio_to_floor": per[t.name] / floor,
                      "lowered_floor_ms": None if low is None else 1e3 * low,

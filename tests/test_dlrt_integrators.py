@@ -119,13 +119,23 @@ def turn_bases_from(monkeypatch, rank: int) -> None:
 
 
 #: The integrators with each way they find their bases: the power step by QR (small ranks) and
-#: turned (no QR); KLS by QR only.
-INTEGRATOR_BASES = [("kls", "qr"), ("parallel", "qr"), ("parallel", "turned")]
+#: turned (no QR); fixed-rank KLS by QR of K1 (small ranks) and from the move (no QR of K1).
+INTEGRATOR_BASES = [("kls", "qr"), ("kls", "moved"), ("parallel", "qr"), ("parallel", "turned")]
 
 
 def use_bases(monkeypatch, bases: str) -> None:
     if bases == "turned":
         turn_bases_from(monkeypatch, 1)
+    if bases == "moved":
+        from lowrank.methods.dlrt import kls
+        from lowrank.methods.dlrt.basis import moved_qr
+
+        def must_find(*args):                       # the step must take this path, not fall back
+            found = moved_qr(*args)
+            assert found is not None
+            return found
+        monkeypatch.setattr(kls, "MOVED_QR_MIN_RANK", 1)
+        monkeypatch.setattr(kls, "moved_qr", must_find)
 
 
 @pytest.mark.parametrize("integrator, bases", INTEGRATOR_BASES)
@@ -342,6 +352,36 @@ def test_power_step_equals_float64_formulas(move: float) -> None:
     torch.testing.assert_close(st.right.double(), Qx, atol=1e-4, rtol=0)
     torch.testing.assert_close(st.core.double(), Lx.T, atol=1e-4 * float(Lx.abs().max()), rtol=0)
     torch.testing.assert_close(st.left_overlap.double(), U0.T @ Qy, atol=1e-4, rtol=0)
+
+
+@pytest.mark.parametrize("move", [1e-3, 1.0])
+def test_moved_qr_equals_float64_qr(move: float) -> None:
+    """The QR basis of ``K1 = U0 S0 + dK`` found from the move (no factorization of ``K1``, the
+    ``r x r`` work in float64) equals the float64 positive QR of ``K1``, with ``M = U1^T U0``,
+    for float32 inputs whose ``S0`` has condition ~2e3 (the same formulas with a float32 Gram
+    matrix leave 4e-5 of orthonormality here); a move whose turn exceeds ``MAX_TURN_SQ``
+    is declined, and ``kls_fixed_basis`` factors ``K1`` instead: the same basis."""
+    from lowrank.methods.dlrt.basis import MAX_TURN_SQ, moved_qr
+    from lowrank.methods.dlrt.kls import kls_fixed_basis
+
+    g = torch.Generator().manual_seed(0)
+    n, r = 600, 40
+    U0 = torch.linalg.qr(torch.randn(n, r, generator=g, dtype=F64))[0]
+    S0 = torch.randn(r, r, generator=g, dtype=F64) * 0.1 + torch.diag(torch.logspace(1, -1, r, dtype=F64))
+    dK = move * torch.randn(n, r, generator=g, dtype=F64)
+    K1 = U0 @ S0 + dK
+    Q, R = qr_positive(K1)
+    turn = float((dK @ torch.linalg.inv(R)).square().sum())
+    assert (turn <= MAX_TURN_SQ) == (move < 0.1)            # the two cases take the two paths
+    inputs = [t.float() for t in (U0, S0, dK)]
+    found = moved_qr(*inputs)
+    assert (found is not None) == (move < 0.1)
+    U1, M = kls_fixed_basis(*inputs)
+    if found is not None:
+        assert U1.equal(found[0]) and M.equal(found[1])
+    torch.testing.assert_close(U1.double(), Q, atol=1e-5, rtol=0)
+    torch.testing.assert_close(M.double(), Q.T @ U0, atol=1e-5, rtol=0)
+    assert orthonormality_error(U1.double()) < 1e-5
 
 
 @pytest.mark.parametrize("integrator", ["kls", "parallel"])

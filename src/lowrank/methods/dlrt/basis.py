@@ -12,15 +12,16 @@ integrator calls ``[U0 | orth((I - U0 U0^T) K1)]``.
 
 A basis *turned* by a step (:func:`turned_basis`) is the other kind: the ``r`` columns of an
 orthonormal basis of ``range(U0 + Z N)`` for the part ``Z`` of a move outside ``range(U0)``,
-found without a QR.
+found without a QR. :func:`moved_qr` finds the QR basis of a moved matrix ``U0 S0 + D`` the same
+way, from products of the move.
 """
 
 from __future__ import annotations
 
 import torch
 
-__all__ = ["augment_basis", "augment_parts", "augment_step_parts", "overlap_tolerance", "turned_basis", "MAX_TURN_SQ",
-           "TURNED_MIN_RANK"]
+__all__ = ["augment_basis", "augment_parts", "augment_step_parts", "overlap_tolerance", "turned_basis", "moved_qr",
+           "MAX_TURN_SQ", "TURNED_MIN_RANK"]
 
 
 def overlap_tolerance(dtype: torch.dtype) -> float:
@@ -145,8 +146,43 @@ def turned_basis(B0: torch.Tensor, D: torch.Tensor, A: torch.Tensor, gram: torch
     return Q, low.T, R_inv, size.masked_fill(info != 0, float("inf"))
 
 
-#: Largest turn ``||D N||_F^2`` a power step accepts from :func:`turned_basis` (beyond it the basis
-#: is found by QR): its orthonormality then stays within ``~eps (1 + MAX_TURN_SQ)``.
+def moved_qr(B0: torch.Tensor, S0: torch.Tensor, D: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """``Q (n, r)`` of the QR ``K1 = Q R`` (``diag(R) > 0``) of a moved matrix ``K1 = B0 S0 + D``, and
+    ``M = Q^T B0 (r, r)``, from products of the move ``D (n, r)``: no ``(n, r)`` factorization, and
+    ``K1`` is never formed. ``B0 (n, r)`` orthonormal, ``S0 (r, r)``. None when the step cannot
+    vouch for the result (the Gram matrix below is not positive definite, or the turn ``||D
+    R^{-1}||_F^2`` exceeds :data:`MAX_TURN_SQ`): then factor ``K1`` itself.
+
+    With ``A = B0^T D`` and ``P = S0 + A = B0^T K1`` (the part ``Z = D - B0 A`` of the move outside
+    ``range(B0)`` is orthogonal to ``B0``):
+
+        K1^T K1 = P^T P + Z^T Z = P^T P + D^T D - A^T A = R^T R        (Cholesky)
+        Q = K1 R^{-1} = B0 (S0 R^{-1}) + D R^{-1},    M = R^{-T} K1^T B0 = R^{-T} P^T
+
+    ``R`` is the unique positive triangular factor, so ``Q`` is the QR basis itself. The ``r x r``
+    work is done in float64: ``P^T P`` has ``cond(S0)^2``, which float32 would not resolve (the
+    reason CholeskyQR needs two passes), while the part from the big products, ``D^T D - A^T A``,
+    only needs float32's accuracy relative to ``||D||^2``. ``Q`` is then orthonormal to ``~eps
+    (1 + ||D R^{-1}||_F^2)``, plus ``B0``'s own error, which it inherits.
+    Cost: four ``(n, r)`` products (``A``, ``D^T D`` and two for ``Q``), where factoring ``K1``
+    costs its formation, a QR (by CholeskyQR2 four such products) and ``Q^T B0``.
+    """
+    A, G = B0.T @ D, D.T @ D                                # (r, r) each
+    a64, s64 = A.double(), S0.double()
+    P = s64 + a64                                           # (r, r) = B0^T K1
+    gram = torch.addmm(torch.addmm(G.double(), a64.T, a64, alpha=-1), P.T, P)   # (r, r) = K1^T K1
+    low, info = torch.linalg.cholesky_ex(gram)
+    R_inv = torch.linalg.solve_triangular(low.T, torch.eye(P.shape[0], dtype=P.dtype, device=P.device), upper=True)
+    turn = (R_inv * (G.double() @ R_inv)).sum().masked_fill(info != 0, float("inf"))   # ||D R^{-1}||_F^2
+    if not float(turn) <= MAX_TURN_SQ:                      # also NaN
+        return None
+    Q = torch.mm(B0, (s64 @ R_inv).to(B0.dtype)).addmm_(D, R_inv.to(B0.dtype))   # (n, r)
+    return Q, (R_inv.T @ P.T).to(B0.dtype)
+
+
+#: Largest turn ``||D N||_F^2`` a power step accepts from :func:`turned_basis`, and ``||D R^{-1}||_F^2``
+#: a KLS step from :func:`moved_qr` (beyond it the basis is found by QR): its orthonormality then
+#: stays within ``~eps (1 + MAX_TURN_SQ)``.
 MAX_TURN_SQ = 16.0
 
 #: Smallest rank at which the power step takes turned bases rather than QRs. Below it the

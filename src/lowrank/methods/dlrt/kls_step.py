@@ -36,6 +36,11 @@ class KLSDLRT(AdaptiveKLSSteps, DLRT, integrator="kls"):
         return self.adaptive
 
     @property
+    def _reads_moves(self) -> bool:
+        # The fixed-rank step finds its QR bases from the K-, L-moves (kls.kls_fixed_basis).
+        return not self.adaptive
+
+    @property
     def _keep_io(self) -> bool:
         # The rank-adaptive step forms its S-step gradient from pass 1's inputs and output gradients.
         return self.adaptive
@@ -77,8 +82,9 @@ class KLSDLRT(AdaptiveKLSSteps, DLRT, integrator="kls"):
             # turned from U0, V0 without a QR (basis.turned_basis, the same ranges; the state
             # projected) measured a point lower and hardly faster: 784-500x4-10, rank 50, Adam, 5 epochs,
             # seeds 0-1: 86.20 / 86.44 against 87.39 / 87.16 %; 2048-wide, rank 205: 100 against 103 ms.
-            U1, MU = kls_fixed_basis(U0, self.K[i].data)     # U1 = qr(K1) (n, r), MU = U1^T U0 (r, r)
-            V1, MV = kls_fixed_basis(V0, self.L[i].data)     # V1 = qr(L1) (m, r), MV = V1^T V0 (r, r)
+            dK, dL = self._moves(i)
+            U1, MU = kls_fixed_basis(U0, S0, dK)             # U1 = qr(K1) (n, r), MU = U1^T U0 (r, r)
+            V1, MV = kls_fixed_basis(V0, S0.T, dL)           # V1 = qr(L1) (m, r), MV = V1^T V0 (r, r)
             self._project(i, MU, MV.T, MV.T, MU.T)
             self._set_factors(i, U1, kls_coefficients(MU, S0, MV), V1)
         self.clock.lap("linalg")

@@ -114,8 +114,9 @@ def parallel_power_step(U0: torch.Tensor, V0: torch.Tensor, S1: torch.Tensor, dK
     Qx, Rv, Cv, turn_v = turned_basis(V0, dL, B, Gl, H)    # Q_X (m, r), V0^T Q_X = R_V^{-1}
     core = Ru @ S1 @ Rv.T                                  # (r, r) = Q_Y^T W^ Q_X
     turn = torch.maximum(turn_u, turn_v).masked_fill(info != 0, float("inf"))
-    checks = [turn.double(), core.double().square().sum()]
-    if energies:       # ||Z_K||^2 = ||dK||^2 - ||A||^2, the same for Z_L
+    checks = [turn.double()]
+    if energies:       # ||core||^2, and ||W^||^2 by ||Z_K||^2 = ||dK||^2 - ||A||^2, the same for Z_L
+        checks.append(core.double().square().sum())
         checks.append(sum(sign * t.double().square().sum() for sign, t in ((1, S1), (-1, A), (-1, B)))
                       + torch.diagonal(Gk).double().sum() + torch.diagonal(Gl).double().sum())
     values = torch.stack(checks).tolist()
