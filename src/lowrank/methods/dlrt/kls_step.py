@@ -76,12 +76,13 @@ class KLSDLRT(AdaptiveKLSSteps, DLRT, integrator="kls"):
             if not active[i]:
                 continue
             U0, S0, V0 = layer.U.data, layer.S.data, layer.V.data
-            # The published QR / QR bases, projected state. Aligned QR / QL bases with the state kept
-            # and an SVD every 10th step (as the parallel step does) measured 0.2 points lower
-            # (10 epochs, rank 20, seeds 0-2: 88.35 against 88.57 %) and no faster in one run. Bases
-            # turned from U0, V0 without a QR (basis.turned_basis, the same ranges; the state
-            # projected) measured a point lower and hardly faster: 784-500x4-10, rank 50, Adam, 5 epochs,
-            # seeds 0-1: 86.20 / 86.44 against 87.39 / 87.16 %; 2048-wide, rank 205: 100 against 103 ms.
+            # The published QR / QR bases, projected state; from rank 32 the QRs are found from the
+            # moves (kls.kls_fixed_basis: the same bases, 8 % less per step at 2048 x 102 and x 205).
+            # Aligned QR / QL bases with the state kept and an SVD every 10th step (as the parallel
+            # step does) measured 0.2 points lower (10 epochs, rank 20, seeds 0-2: 88.35 against
+            # 88.57 %) and no faster in one run. Bases turned from U0, V0 without a QR
+            # (basis.turned_basis, the same ranges; the state projected) measured a point lower:
+            # 784-500x4-10, rank 50, Adam, 5 epochs, seeds 0-1: 86.20 / 86.44 against 87.39 / 87.16 %.
             dK, dL = self._moves(i)
             U1, MU = kls_fixed_basis(U0, S0, dK)             # U1 = qr(K1) (n, r), MU = U1^T U0 (r, r)
             V1, MV = kls_fixed_basis(V0, S0.T, dL)           # V1 = qr(L1) (m, r), MV = V1^T V0 (r, r)
