@@ -354,6 +354,41 @@ def test_power_step_equals_float64_formulas(move: float) -> None:
     torch.testing.assert_close(st.left_overlap.double(), U0.T @ Qy, atol=1e-4, rtol=0)
 
 
+@pytest.mark.parametrize("move", [1e-3, 3e-2])
+def test_turned_basis_bounds_its_turn_and_folds_rotations(move: float) -> None:
+    """``turned_basis`` from ``r x r`` products only: ``Q = B0 X + D P`` is the orthonormal basis of
+    ``range(B0 + Z N)`` with ``B0^T Q = R^{-1}`` (float64 reference), its ``size`` bounds the turn
+    ``||D N||_F^2`` from above, within 1 % for a small move and 2x for a large one; a rotation folded into
+    the coefficients gives ``Q p``; and a power step's :meth:`rotated` bases are ``left p``,
+    ``right q`` (turned bases for the small move, QRs for the large)."""
+    from lowrank.methods.dlrt.basis import MAX_TURN_SQ, TurnedBasis, turned_basis
+    from lowrank.methods.dlrt.power import parallel_power_step
+
+    g = torch.Generator().manual_seed(3)
+    n, r = 300, 40
+    B0 = torch.linalg.qr(torch.randn(n, r, generator=g, dtype=F64))[0]
+    S1 = torch.randn(r, r, generator=g, dtype=F64) * 0.01 + torch.diag(torch.logspace(0.5, -0.5, r, dtype=F64))
+    N = torch.linalg.inv(S1)
+    D = (B0 @ torch.randn(r, r, generator=g, dtype=F64) + torch.randn(n, r, generator=g, dtype=F64)) * move
+    Z = D - B0 @ (B0.T @ D)
+    tb = turned_basis(B0.float(), D.float(), (B0.T @ D).float(), (D.T @ D).float(), N.float())
+    Q = tb.form().double()
+    q_ref = torch.linalg.qr(B0 + Z @ N)[0]
+    assert orthonormality_error(Q) < 1e-5
+    torch.testing.assert_close(Q @ (Q.T @ q_ref), q_ref, atol=1e-5, rtol=0)        # the same subspace
+    torch.testing.assert_close(tb.R_inv.double(), B0.T @ Q, atol=1e-5, rtol=0)
+    assert torch.triu(tb.R).equal(tb.R)
+    turn = float((D @ N).square().sum())
+    assert turn <= float(tb.size) <= (1.01 if move < 1e-2 else 2) * turn
+    p = torch.linalg.qr(torch.randn(r, r - 3, generator=g))[0]                      # (r, r1) rotation
+    torch.testing.assert_close(tb.form(p).double(), Q @ p.double(), atol=1e-5, rtol=0)
+    st = parallel_power_step(B0.float(), B0.float(), S1.float(), D.float(), D.float(), energies=False)
+    assert isinstance(st.left_basis, TurnedBasis) == (turn <= MAX_TURN_SQ)          # else by QR
+    left, right = st.rotated(p, p)
+    torch.testing.assert_close(left, st.left @ p, atol=1e-5, rtol=0)
+    torch.testing.assert_close(right, st.right @ p, atol=1e-5, rtol=0)
+
+
 @pytest.mark.parametrize("move", [1e-3, 1.0])
 def test_moved_qr_equals_float64_qr(move: float) -> None:
     """The QR basis of ``K1 = U0 S0 + dK`` found from the move (no factorization of ``K1``, the

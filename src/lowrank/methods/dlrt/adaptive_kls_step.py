@@ -107,6 +107,7 @@ class AdaptiveKLSSteps:
             st = core_power_step(S, r0)
             if not needs_exact(st, self.tau, self.tau_absolute, r0, layer.max_rank):
                 p, sigma, q = truncate(st.core, outside_sq=st.outside_sq, **kw)
-                return st.left @ p, sigma, st.right @ q
+                left, right = st.rotated(p, q)
+                return left, sigma, right
             self.exact_fallbacks += 1
         return truncate(S, **kw)

@@ -18,10 +18,12 @@ way, from products of the move.
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import torch
 
-__all__ = ["augment_basis", "augment_parts", "augment_step_parts", "overlap_tolerance", "turned_basis", "moved_qr",
-           "MAX_TURN_SQ", "TURNED_MIN_RANK"]
+__all__ = ["augment_basis", "augment_parts", "augment_step_parts", "overlap_tolerance", "TurnedBasis", "turned_basis",
+           "moved_qr", "MAX_TURN_SQ", "TURNED_MIN_RANK"]
 
 
 def overlap_tolerance(dtype: torch.dtype) -> float:
@@ -117,13 +119,34 @@ def _augment_by_householder(U0: torch.Tensor, K1: torch.Tensor) -> tuple[torch.T
     return q[:, r:r + k], None, rr[r:r + k, r:]
 
 
+class TurnedBasis(NamedTuple):
+    """An orthonormal basis turned from ``B0 (n, r)`` by a move ``D (n, r)`` (:func:`turned_basis`),
+    kept as the combination ``Q = B0 X + D P`` of ``r x r`` coefficients ``X``, ``P``; ``R`` (r, r,
+    upper) and ``R_inv = R^{-1} = B0^T Q``; ``size`` bounds the turn ``||D N||_F^2`` (inf if the
+    factorization failed)."""
+
+    B0: torch.Tensor
+    D: torch.Tensor
+    X: torch.Tensor
+    P: torch.Tensor
+    R: torch.Tensor
+    R_inv: torch.Tensor
+    size: torch.Tensor
+
+    def form(self, rotation: torch.Tensor | None = None) -> torch.Tensor:
+        """``Q (n, r)``, or ``Q rotation (n, r1)`` with the rotation ``(r, r1)`` folded into the
+        coefficients: two ``(n, r)`` products either way."""
+        X, P = (self.X, self.P) if rotation is None else (self.X @ rotation, self.P @ rotation)
+        return torch.mm(self.B0, X).addmm_(self.D, P)
+
+
 def turned_basis(B0: torch.Tensor, D: torch.Tensor, A: torch.Tensor, gram: torch.Tensor,
-                 N: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+                 N: torch.Tensor) -> TurnedBasis:
     """``Q = (B0 + Z N) R^{-1}`` (n, r), an orthonormal basis of ``range(B0 + Z N)`` for the part
-    ``Z = D - B0 A`` of a move ``D (n, r)`` outside ``range(B0)`` (``A = B0^T D``), by the Cholesky
-    factor ``R`` (r, r, upper) of ``I + (Z N)^T (Z N)``; also ``R``, ``R^{-1} = B0^T Q`` and the
-    turn ``||D N||_F^2`` (inf if the factorization failed). ``gram = D^T D``; ``Z`` is never formed:
-    ``Q = B0 (I - A N) R^{-1} + D N R^{-1}``, ``Z^T Z = D^T D - A^T A``.
+    ``Z = D - B0 A`` of a move ``D (n, r)`` outside ``range(B0)``, by the Cholesky factor ``R``
+    (r, r, upper) of ``I + (Z N)^T (Z N)``, computed from ``r x r`` matrices: ``A = B0^T D``, ``gram =
+    D^T D``. ``Z`` is never formed: ``Z^T Z = D^T D - A^T A``, ``Q = B0 (R^{-1} - A P) + D P`` with
+    ``P = N R^{-1}``, formed only by :meth:`TurnedBasis.form` (two ``(n, r)`` products).
 
     ``B0 (n, r)`` orthonormal and ``B0^T Z = 0``: then ``(B0 + Z N)^T (B0 + Z N) = I + (Z N)^T
     (Z N)``, so ``Q^T Q = I`` for *any* ``N`` (it need not be accurate: it only decides the
@@ -132,18 +155,24 @@ def turned_basis(B0: torch.Tensor, D: torch.Tensor, A: torch.Tensor, gram: torch
     scale. ``Q`` is the basis of that subspace closest to ``B0`` up to the triangular
     ``R^{-1} = I + O(||Z N||^2)``. Rounding costs orthonormality ``~eps (1 + ||D N||^2)`` (the
     Gram matrix of ``Z`` by a difference, the ``B0`` part of the move cancelling), plus ``B0``'s
-    own error, which ``Q`` inherits; the caller bounds the turn (:data:`MAX_TURN_SQ`).
-    Cost: two ``(n, r) x (r, r)`` products.
+    own error, which ``Q`` inherits; the caller bounds the turn (:data:`MAX_TURN_SQ`) by
+    ``size``, an upper bound of ``||D N||_F^2 = ||Z N||_F^2 + ||A N||_F^2`` from what the
+    basis computes anyway: ``||Z N||_F^2 = tr(turn)`` and ``A N = (A P) R`` with ``||R||_2^2 =
+    1 + ||turn||_2``, so ``size = tr(turn) + ||A P||_F^2 (1 + t)`` with ``t >= ||turn||_2`` the
+    smaller of the trace and the largest absolute row sum (tight for the small turns a step
+    accepts). Cost: five ``r x r`` products, a Cholesky and a triangular inverse.
     """
     eye = torch.eye(N.shape[1], dtype=N.dtype, device=N.device)
-    gN, AN = gram @ N, A @ N                               # (r, r) each
-    turn = torch.addmm(N.T @ gN, AN.T, AN, alpha=-1)       # (r, r) = (Z N)^T (Z N)
+    zz = torch.addmm(gram, A.T, A, alpha=-1)               # (r, r) = Z^T Z
+    turn = N.T @ (zz @ N)                                  # (r, r) = (Z N)^T (Z N)
     low, info = torch.linalg.cholesky_ex(turn + eye)       # I + turn = low low^T
     R_inv = torch.linalg.solve_triangular(low.T, eye, upper=True)   # (r, r)
-    NR = N @ R_inv
-    Q = torch.mm(B0, torch.addmm(R_inv, A, NR, alpha=-1)).addmm_(D, NR)   # (n, r)
-    size = (N * gN).sum()                                  # ||D N||_F^2 >= ||Z N||_F^2
-    return Q, low.T, R_inv, size.masked_fill(info != 0, float("inf"))
+    P = N @ R_inv                                          # (r, r)
+    AP = A @ P                                             # (r, r)
+    t = torch.diagonal(turn).sum()                         # ||Z N||_F^2
+    top = torch.minimum(t, turn.abs().sum(1).max())        # >= ||turn||_2 (trace, largest row sum)
+    size = t + AP.square().sum() * (1 + top)               # >= ||D N||_F^2
+    return TurnedBasis(B0, D, R_inv - AP, P, low.T, R_inv, size.masked_fill(info != 0, float("inf")))
 
 
 def moved_qr(B0: torch.Tensor, S0: torch.Tensor, D: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor] | None:

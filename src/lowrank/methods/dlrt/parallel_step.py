@@ -108,5 +108,6 @@ class ParallelDLRT(DLRT, integrator="parallel"):
         p, sigma, q = truncate(st.core, rank=None if self.adaptive else r0, **rule)
         Cu, Cv = st.left_overlap @ p, st.right_overlap @ q   # U0^T U1, V0^T V1 (r0, r1)
         self._project(i, Cu.T, Cv, Cv, Cu)
-        self._set_factors(i, st.left @ p, torch.diag(sigma), st.right @ q, sigma=sigma)
+        U1, V1 = st.rotated(p, q)                            # Q_Y p (n, r1), Q_X q (m, r1)
+        self._set_factors(i, U1, torch.diag(sigma), V1, sigma=sigma)
         return True

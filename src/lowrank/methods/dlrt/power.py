@@ -30,7 +30,8 @@ optimizer gives the steps' moves ``dK = K1 - K0``, ``dL = L1 - L0`` (``K0 = U0 S
 No QR is needed for ``Q_Y``: ``U0 + Z_K N`` has the Gram matrix ``I + (Z_K N)^T (Z_K N)``
 (``Z_K`` is orthogonal to ``U0``), and its Cholesky factor ``R_U`` gives ``Q_Y = (U0 + Z_K N)
 R_U^{-1}`` (:func:`~.basis.turned_basis`), ``C = R_U^{-1}``, ``M = R_U S1``. The same for ``X =
-(V0 + Z_L H) M^T`` with ``H = C M^{-T} = R_U^{-1} R_U^{-T} N^T``: ``Q_X = (V0 + Z_L H) R_V^{-1}``.
+(V0 + Z_L H) M^T`` with ``H = C M^{-T} = R_U^{-1} R_U^{-T} N^T = C P^T`` (``P = N R_U^{-1}``, which
+the left basis has computed): ``Q_X = (V0 + Z_L H) R_V^{-1}``.
 The core, the projection of ``W^`` onto the two bases, is ``r x r``: with ``G_K = Z_K^T Z_K``,
 ``G_L = Z_L^T Z_L`` (``G_K N = S1^T (R_U^T R_U - I)``, ``G_L H = H^{-T} (R_V^T R_V - I)``),
 
@@ -38,10 +39,12 @@ The core, the projection of ``W^`` onto the two bases, is ``r x r``: with ``G_K 
 
 ``Z_K`` and ``Z_L`` are never formed: a step costs eight ``(n, r) x (r, r)`` products (``A``,
 ``dK^T dK`` and two for ``Q_Y = U0 (I - A N) R_U^{-1} + dK N R_U^{-1}``; the same for the right
-side) and ``r x r`` work, where a QR alone costs more than three such products. The bases are
+side) and ``r x r`` work (an inverse, two Choleskys and triangular inverses, thirteen
+products), where a QR alone costs more than three such products. The bases are
 orthonormal for any ``N`` (an inaccurate inverse moves the subspaces by a rounding-size
 angle, as rounding ``Y`` would), to ``eps (1 + ||dK N||^2)``: a step whose turn ``||dK N||_F^2``
-or ``||dL H||_F^2`` exceeds :data:`~.basis.MAX_TURN_SQ`, or whose ``S1`` is singular, factors
+or ``||dL H||_F^2`` (bounded from above by :func:`~.basis.turned_basis`) exceeds
+:data:`~.basis.MAX_TURN_SQ`, or whose ``S1`` is singular, factors
 ``Y`` and ``X`` by QR instead (``Q_Y R_Y = Y``, ``X = Q_X L_X``, the core ``L_X^T``;
 :func:`qr_power_step`). For SGD, ``S1 = S0 + A`` and ``range(Y) = range(K1)``: the left basis
 spans the KLS one.
@@ -52,39 +55,63 @@ next step starts from them. A fixed-rank step needs no SVD for its weights: ``W1
 Q_X^T`` is the rank-``r`` truncation (the SVD of the core would only rotate inside the kept
 subspaces, giving the same ``W1``). The SVD still matters to Adam, whose per-coordinate
 scaling works better on singular directions: the stepper takes it every few steps
-(``diagonalize_every``).
+(``diagonalize_every``), and its rotations ``p``, ``q`` go into the bases' ``r x r`` coefficients
+before the bases are formed (:meth:`PowerStep.rotated`: ``Q_Y p = U0 (X p) + dK (P p)``), so a
+diagonalizing step costs no ``(n, r)`` product more than an aligned one.
 """
 
 from __future__ import annotations
 
-from typing import NamedTuple
+import functools
+from dataclasses import dataclass
 
 import torch
 
 from ...linalg import cholesky_qr2, householder_qr_positive, ql_positive, takes_cholesky_qr
-from .basis import MAX_TURN_SQ, TURNED_MIN_RANK, turned_basis
+from .basis import MAX_TURN_SQ, TURNED_MIN_RANK, TurnedBasis, turned_basis
 from .truncation import tolerance_sq
 
 __all__ = ["PowerStep", "parallel_power_step", "qr_power_step", "core_power_step", "needs_exact"]
 
 
-class PowerStep(NamedTuple):
+@dataclass
+class PowerStep:
     """``W^ ~= Q_left core Q_right^T`` from one block power step.
 
-    ``left (a, r)``, ``right (b, r)`` orthonormal; ``core (r, r)``; ``total_sq = ||W^||_F^2``;
-    ``outside_sq = total_sq - ||core||_F^2``, the energy not captured (>= 0, up to rounding);
-    both 0.0 when not asked for (a fixed-rank step needs neither). ``left_overlap = U0^T left``
-    and ``right_overlap = V0^T right`` (r, r) when the old bases are explicit (parallel step),
-    else None.
+    ``left (a, r)``, ``right (b, r)`` orthonormal, formed on first use from ``left_basis``,
+    ``right_basis`` (the bases, or :class:`~.basis.TurnedBasis` combinations); ``core (r, r)``;
+    ``total_sq = ||W^||_F^2``; ``outside_sq = total_sq - ||core||_F^2``, the energy not captured
+    (>= 0, up to rounding); both 0.0 when not asked for (a fixed-rank step needs neither).
+    ``left_overlap = U0^T left`` and ``right_overlap = V0^T right`` (r, r) when the old bases
+    are explicit (parallel step), else None.
     """
 
-    left: torch.Tensor
+    left_basis: torch.Tensor | TurnedBasis
     core: torch.Tensor
-    right: torch.Tensor
+    right_basis: torch.Tensor | TurnedBasis
     total_sq: float
     outside_sq: float
     left_overlap: torch.Tensor | None = None
     right_overlap: torch.Tensor | None = None
+
+    @functools.cached_property
+    def left(self) -> torch.Tensor:
+        return _form(self.left_basis)
+
+    @functools.cached_property
+    def right(self) -> torch.Tensor:
+        return _form(self.right_basis)
+
+    def rotated(self, p: torch.Tensor, q: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``left p (a, r1)`` and ``right q (b, r1)``; a turned basis takes the rotation into its
+        ``r x r`` coefficients: two ``(a, r)`` products, where forming ``left`` first takes three."""
+        return _form(self.left_basis, p), _form(self.right_basis, q)
+
+
+def _form(basis: torch.Tensor | TurnedBasis, rotation: torch.Tensor | None = None) -> torch.Tensor:
+    if isinstance(basis, TurnedBasis):
+        return basis.form(rotation)
+    return basis if rotation is None else basis @ rotation
 
 
 def _energies(total: torch.Tensor | None, core: torch.Tensor) -> tuple[float, float]:
@@ -102,18 +129,19 @@ def parallel_power_step(U0: torch.Tensor, V0: torch.Tensor, S1: torch.Tensor, dK
     orthonormal; ``S1 (r, r)`` the S-step's result; ``dK (n, r)``, ``dL (m, r)`` the K- and
     L-steps' moves. Falls back to :func:`qr_power_step` when a turn is too large or ``S1`` is
     singular, and takes it below :data:`~.basis.TURNED_MIN_RANK`. ``energies``: compute ``total_sq``
-    and ``outside_sq``. One host sync.
+    and ``outside_sq``. One host sync; the bases are formed when first read (or rotated,
+    :meth:`PowerStep.rotated`).
     """
     A, B = U0.T @ dK, V0.T @ dL                            # (r, r) each
     if S1.shape[0] < TURNED_MIN_RANK:
         return qr_power_step(U0, V0, S1, dK, dL, energies, A, B)
     Gk, Gl = dK.T @ dK, dL.T @ dL                          # (r, r) each: Gram matrices of the moves
     N, info = torch.linalg.inv_ex(S1)                      # (r, r) = S1^{-1}
-    Qy, Ru, Cu, turn_u = turned_basis(U0, dK, A, Gk, N)    # Q_Y (n, r), C = U0^T Q_Y = R_U^{-1}
-    H = Cu @ (Cu.T @ N.T)                                  # (r, r) = C M^{-T}, M = R_U S1
-    Qx, Rv, Cv, turn_v = turned_basis(V0, dL, B, Gl, H)    # Q_X (m, r), V0^T Q_X = R_V^{-1}
-    core = Ru @ S1 @ Rv.T                                  # (r, r) = Q_Y^T W^ Q_X
-    turn = torch.maximum(turn_u, turn_v).masked_fill(info != 0, float("inf"))
+    left = turned_basis(U0, dK, A, Gk, N)                  # Q_Y, with C = U0^T Q_Y = R_U^{-1}
+    H = left.R_inv @ left.P.T                              # (r, r) = C M^{-T} = R_U^{-1} R_U^{-T} N^T
+    right = turned_basis(V0, dL, B, Gl, H)                 # Q_X, with V0^T Q_X = R_V^{-1}
+    core = left.R @ S1 @ right.R.T                         # (r, r) = Q_Y^T W^ Q_X
+    turn = torch.maximum(left.size, right.size).masked_fill(info != 0, float("inf"))
     checks = [turn.double()]
     if energies:       # ||core||^2, and ||W^||^2 by ||Z_K||^2 = ||dK||^2 - ||A||^2, the same for Z_L
         checks.append(core.double().square().sum())
@@ -123,8 +151,8 @@ def parallel_power_step(U0: torch.Tensor, V0: torch.Tensor, S1: torch.Tensor, dK
     if not values[0] <= MAX_TURN_SQ:                       # also NaN
         return qr_power_step(U0, V0, S1, dK, dL, energies, A, B)
     if not energies:
-        return PowerStep(Qy, core, Qx, 0.0, 0.0, Cu, Cv)
-    return PowerStep(Qy, core, Qx, values[2], max(values[2] - values[1], 0.0), Cu, Cv)
+        return PowerStep(left, core, right, 0.0, 0.0, left.R_inv, right.R_inv)
+    return PowerStep(left, core, right, values[2], max(values[2] - values[1], 0.0), left.R_inv, right.R_inv)
 
 
 def qr_power_step(U0: torch.Tensor, V0: torch.Tensor, S1: torch.Tensor, dK: torch.Tensor, dL: torch.Tensor,
